@@ -1,0 +1,180 @@
+"""Reading checkpoints safely and converting the authors' layouts to ours.
+
+Every ``torch.load`` here uses ``weights_only=True``: a weights file never runs code. The authors'
+files are plain ``{'model': state_dict}`` (ImageNet) or mmseg 0.x ``{'meta': ..., 'state_dict': ...}``
+(ADE20K), both readable that way.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+__all__ = [
+    "CheckpointError", "unwrap_state_dict", "read_checkpoint", "cached_path_for_url", "load_url",
+    "convert_mmseg_upernet",
+]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, or does not fit the model it is loaded into."""
+
+
+def unwrap_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The state dict inside the known wrappers (``model``, ``state_dict``), or the dict itself."""
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"expected a checkpoint dict, got {type(checkpoint).__name__}")
+    for key in ("model", "state_dict"):
+        inner = checkpoint.get(key)
+        if isinstance(inner, dict):
+            return dict(inner)
+    if not checkpoint or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise CheckpointError(
+            "not a model checkpoint: expected tensors, or a dict with 'model' or 'state_dict', "
+            f"got keys {sorted(checkpoint)[:5]}")
+    return dict(checkpoint)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a ``.pth``/``.pt`` (``weights_only=True``) or ``.safetensors`` file with clear errors.
+
+    Returns what the file holds (a dict; for safetensors the tensors, plus ``__metadata__`` when the
+    file has metadata).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"no such checkpoint file: {path}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"{path} holds Python objects that a weights-only load refuses to build (loading them "
+                f"could run code). If you trust the file, allow-list the types it names with "
+                f"torch.serialization.add_safe_globals([...]) and load again. Details: {e}") from e
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({e})") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{path} could not be read as a PyTorch checkpoint; it is probably truncated or corrupt "
+            f"({type(e).__name__}: {e})") from e
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} does not hold a checkpoint dict (found {type(checkpoint).__name__})")
+    return checkpoint
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = f.metadata()
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file; it may be truncated ({e})") from e
+    if metadata:
+        tensors["__metadata__"] = metadata
+    return tensors
+
+
+def cached_path_for_url(url: str, model_dir: str | None = None) -> str:
+    """Where ``torch.hub.load_state_dict_from_url`` keeps ``url``: ``$TORCH_HOME/hub/checkpoints/<file>``."""
+    model_dir = model_dir or os.path.join(torch.hub.get_dir(), "checkpoints")
+    return os.path.join(model_dir, os.path.basename(urlparse(url).path))
+
+
+def load_url(url: str, progress: bool = True) -> dict:
+    """Fetch ``url`` through torch.hub's cache (or read a local path / ``file://`` URL) safely."""
+    parsed = urlparse(str(url))
+    if parsed.scheme in ("", "file"):
+        return read_checkpoint(parsed.path if parsed.scheme else url)
+    cached = cached_path_for_url(url)
+    if not os.path.exists(cached):
+        try:
+            os.makedirs(os.path.dirname(cached), exist_ok=True)
+            torch.hub.download_url_to_file(url, cached, progress=progress)
+        except Exception as e:  # network errors come in many types (URLError, HTTPError, OSError)
+            raise CheckpointError(
+                f"{url} is not cached and could not be downloaded ({type(e).__name__}: {e}). Without network "
+                f"access, put the file at {cached} or pass a local path.") from e
+    try:
+        return read_checkpoint(cached)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}\nThe cached download {cached} is damaged: delete it and try again.") from e
+
+
+# --- mmseg UPerNet -> IwinUPerNet --------------------------------------------------------------
+
+_CONV_MODULE = (("conv.weight", "0.weight"), ("bn.", "1."))
+
+
+def _conv_module(key: str) -> str:
+    """mmcv ConvModule (``conv``, ``bn``) -> smp Conv2dReLU (``0``, ``1``)."""
+    for old, new in _CONV_MODULE:
+        if key.startswith(old):
+            return new + key[len(old):]
+    raise KeyError(key)
+
+
+def _decode_head_key(rest: str) -> str:
+    parts = rest.split(".")
+    if parts[0] == "psp_modules":  # psp_modules.{k}.1.conv.weight -> psp.blocks.{k}.1.0.weight
+        return f"decoder.psp.blocks.{parts[1]}.1.{_conv_module('.'.join(parts[3:]))}"
+    if parts[0] == "bottleneck":
+        return f"decoder.psp.out_conv.{_conv_module('.'.join(parts[1:]))}"
+    if parts[0] == "lateral_convs":  # mmseg counts fine->coarse, smp coarse->fine (stage 2 first)
+        return f"decoder.fpn_lateral_blocks.{2 - int(parts[1])}.conv_norm_relu.{_conv_module('.'.join(parts[2:]))}"
+    if parts[0] == "fpn_convs":
+        return f"decoder.fpn_conv_blocks.{2 - int(parts[1])}.{_conv_module('.'.join(parts[2:]))}"
+    if parts[0] == "fpn_bottleneck":
+        return f"decoder.fusion_block.{_conv_module('.'.join(parts[1:]))}"
+    if parts[0] == "conv_seg":
+        return f"segmentation_head.conv_seg.{parts[1]}"
+    raise KeyError(rest)
+
+
+def _auxiliary_head_key(rest: str) -> str:
+    parts = rest.split(".")
+    if parts[0] == "convs":
+        return f"auxiliary_head.convs.{parts[1]}.{_conv_module('.'.join(parts[2:]))}"
+    if parts[0] == "conv_seg":
+        return f"auxiliary_head.conv_seg.{parts[1]}"
+    raise KeyError(rest)
+
+
+def convert_mmseg_upernet(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The authors' mmseg UPerNet state dict in :class:`~iwin_models.segmenter.IwinUPerNet` names.
+
+    ``backbone.*`` -> ``encoder.model.model.*`` (timm names, see :func:`iwin_models.iwin.remap_official_keys`),
+    ``decode_head.*`` -> smp's ``decoder.*`` and our ``segmentation_head.conv_seg``,
+    ``auxiliary_head.*`` -> ``auxiliary_head.*``. Raises :class:`CheckpointError` on a key it does
+    not know, so nothing is dropped silently.
+    """
+    from .iwin import remap_official_keys
+
+    backbone = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    out = {f"encoder.model.model.{k}": v for k, v in remap_official_keys(backbone).items()}
+    unknown = []
+    for k, v in state_dict.items():
+        head, _, rest = k.partition(".")
+        try:
+            if head == "decode_head":
+                out[_decode_head_key(rest)] = v
+            elif head == "auxiliary_head":
+                out[_auxiliary_head_key(rest)] = v
+            elif head != "backbone":
+                unknown.append(k)
+        except (KeyError, IndexError, ValueError):
+            unknown.append(k)
+    if unknown:
+        raise CheckpointError(
+            f"not an Iwin UPerNet checkpoint: {len(unknown)} keys are not backbone/decode_head/auxiliary_head "
+            f"entries we know, e.g. {unknown[:3]}")
+    return out

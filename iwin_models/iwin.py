@@ -1,0 +1,714 @@
+"""Iwin Transformer for timm.
+
+Iwin: Hierarchical Vision Transformer using Interleaved Windows (https://arxiv.org/abs/2507.18405).
+A Swin-like hierarchy without any position embedding: each block adds attention inside
+*interleaved* windows (tokens sampled with a stride over the whole map, so every window sees
+the whole image) to a 3x3 depthwise convolution (which sees the neighbourhood).
+
+Our own implementation of the authors' model (github.com/Cominder/Iwin-Transformer, MIT). It loads
+their ImageNet checkpoints and the backbones of their mmsegmentation checkpoints unchanged, and
+reproduces their outputs to float32 round-off. Layout differences from the official code:
+
+* tokens stay NHWC from the patch embedding to the last stage;
+* the stride-2 downsampler sits at the *start* of the next stage (timm's Swin layout), so that
+  stage ``i`` outputs the stride ``4 * 2**i`` map: ``layers.{i}.downsample`` in an official
+  checkpoint is ``layers.{i+1}.downsample`` here;
+* the classifier is timm's ``ClassifierHead`` (``head.fc``);
+* the segmentation backbone's per-output norms ``norm0..3`` are ``stage_norms.{0..3}``, built when
+  ``stage_norms=True`` (the default with ``features_only=True``).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
+
+from .checkpoint import CheckpointError, unwrap_state_dict
+
+__all__ = ["IwinTransformer", "checkpoint_filter_fn", "interleave_windows", "deinterleave_windows"]
+
+
+def interleave_windows(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """Split a (B, Hp, Wp, C) map (Hp, Wp multiples of ``window_size``) into interleaved windows.
+
+    With Hg = Hp / ws and Wg = Wp / ws, window (a, b) holds the tokens at rows a, a + Hg, a + 2Hg, ...
+    and columns b, b + Wg, ... Row ``i * Hg + a`` is entry (i, a) of a (ws, Hg) view, so one
+    reshape and one permute put the window index (a, b) in front: (B * Hg * Wg, ws * ws, C).
+    """
+    B, Hp, Wp, C = x.shape
+    ws = window_size
+    x = x.reshape(B, ws, Hp // ws, ws, Wp // ws, C).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(-1, ws * ws, C)
+
+
+def deinterleave_windows(windows: torch.Tensor, window_size: int, Hp: int, Wp: int) -> torch.Tensor:
+    """Inverse of :func:`interleave_windows`: (B * Hg * Wg, ws * ws, C) -> (B, Hp, Wp, C)."""
+    ws = window_size
+    C = windows.shape[-1]
+    x = windows.reshape(-1, Hp // ws, Wp // ws, ws, ws, C).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(-1, Hp, Wp, C)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside each window; no position bias, no mask."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            qkv_bias: bool = True,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        N, L, C = x.shape
+        q, k, v = self.qkv(x).reshape(N, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        # SDPA's default scale is head_dim ** -0.5, the official one
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.)
+        x = x.transpose(1, 2).reshape(N, L, C)
+        return self.proj_drop(self.proj(x))
+
+
+class DepthwiseConv(nn.Module):
+    """3x3 depthwise convolution on an NHWC map (``dwconv.depthwise`` in the checkpoints)."""
+
+    def __init__(self, dim: int, kernel_size: int = 3):
+        super().__init__()
+        self.depthwise = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.depthwise(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class IwinBlock(nn.Module):
+    """Interleaved-window attention plus depthwise convolution, then an MLP, both residual."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            window_size: int = 7,
+            use_dwconv: bool = True,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            drop_path: float = 0.,
+            act_layer: Callable = nn.GELU,
+            norm_layer: Callable = nn.LayerNorm,
+    ):
+        super().__init__()
+        self.window_size = window_size
+        self.norm1 = norm_layer(dim)
+        self.attn = WindowAttention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.dwconv = DepthwiseConv(dim) if use_dwconv else None
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def interleaved_attention(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        ws = self.window_size
+        pad_h, pad_w = -H % ws, -W % ws
+        # Padding comes after norm1, so padded tokens are exact zeros; like the official model we
+        # let them take part in attention (there is no mask).
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        Hp, Wp = H + pad_h, W + pad_w
+        x = self.attn(interleave_windows(x, ws))
+        x = deinterleave_windows(x, ws, Hp, Wp)
+        return x[:, :H, :W, :] if pad_h or pad_w else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x)
+        mixed = self.interleaved_attention(y)
+        if self.dwconv is not None:
+            mixed = mixed + self.dwconv(y)  # the convolution sees the unpadded map
+        x = x + self.drop_path1(mixed)
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+class Downsample(nn.Module):
+    """LayerNorm, then a 3x3 stride-2 convolution to twice the channels; output ceil(H/2) x ceil(W/2).
+
+    The official layer pads odd sizes to even, then pads one more row and column (bottom/right)
+    before an unpadded convolution; both pads are folded into one here.
+    """
+
+    def __init__(self, dim: int, out_dim: int | None = None, norm_layer: Callable = nn.LayerNorm):
+        super().__init__()
+        self.norm = norm_layer(dim)
+        self.conv = nn.Conv2d(dim, out_dim or 2 * dim, kernel_size=3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, H, W, _ = x.shape
+        x = self.norm(x).permute(0, 3, 1, 2)
+        x = F.pad(x, (0, 1 + W % 2, 0, 1 + H % 2))
+        return self.conv(x).permute(0, 2, 3, 1)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection; the image is zero-padded right/bottom to a patch multiple."""
+
+    def __init__(self, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96, norm_layer=nn.LayerNorm):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[-2:]
+        p = self.patch_size
+        if H % p or W % p:
+            x = F.pad(x, (0, -W % p, 0, -H % p))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class IwinStage(nn.Module):
+    """Optional stride-2 downsampler followed by ``depth`` Iwin blocks; NHWC in and out."""
+
+    def __init__(
+            self,
+            dim: int,
+            out_dim: int,
+            depth: int,
+            num_heads: int,
+            window_size: int,
+            downsample: bool,
+            use_dwconv: bool,
+            drop_path: Sequence[float],
+            norm_layer: Callable = nn.LayerNorm,
+            **block_kwargs,
+    ):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.downsample = Downsample(dim, out_dim, norm_layer=norm_layer) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[
+            IwinBlock(
+                out_dim, num_heads, window_size=window_size, use_dwconv=use_dwconv,
+                drop_path=drop_path[i], norm_layer=norm_layer, **block_kwargs)
+            for i in range(depth)
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+def default_dwconv_stages(img_size: int, window_size: int, patch_size: int = 4, num_stages: int = 4):
+    """Which stages have a depthwise conv, as the official classifier decides it.
+
+    A classification block has one only when its map at the training resolution is larger than
+    the window (stage 3 has none at 224/window 7, but has one at 1024/window 16). The decision
+    belongs to the architecture (the weights), not to the window the model runs with.
+    """
+    grid = img_size // patch_size
+    return tuple(grid // 2 ** i > window_size for i in range(num_stages))
+
+
+class IwinTransformer(nn.Module):
+    """Iwin Transformer: patch embedding, four stages of Iwin blocks, norm, pooled linear head.
+
+    Any input size works: the image is padded to a multiple of the patch size, every block pads to
+    a multiple of the window, every downsampler pads odd sizes, exactly as the authors' segmentation
+    backbone does.
+
+    Args:
+        img_size: training resolution; only used to decide ``dwconv_stages`` when not given.
+        patch_size: patch embedding stride.
+        in_chans: input channels.
+        num_classes: classifier outputs (0 for no head).
+        global_pool: 'avg' or '' (timm's ClassifierHead).
+        embed_dim: stage-0 channels; stage ``i`` has ``embed_dim * 2**i``.
+        depths: blocks per stage.
+        num_heads: attention heads per stage (not part of the weights: Iwin-S uses 3,4,8,16 in the
+            ImageNet models and 3,6,12,24 in the ADE20K models).
+        window_size: interleaved-window size; any value runs with the same weights.
+        dwconv_stages: per stage, whether blocks have the depthwise conv (see
+            :func:`default_dwconv_stages`).
+        stage_norms: add one LayerNorm per stage output (the segmentation backbone's ``norm0..3``),
+            applied by ``forward_intermediates``.
+        mlp_ratio, qkv_bias, drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate: as in timm's Swin.
+        norm_layer, act_layer: LayerNorm (eps 1e-5) and exact GELU by default, as trained.
+    """
+
+    def __init__(
+            self,
+            img_size: int = 224,
+            patch_size: int = 4,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dim: int = 96,
+            depths: Sequence[int] = (2, 2, 6, 2),
+            num_heads: Sequence[int] = (3, 6, 12, 24),
+            window_size: int = 7,
+            dwconv_stages: Sequence[bool] | None = None,
+            stage_norms: bool = False,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.1,
+            norm_layer: Callable = nn.LayerNorm,
+            act_layer: Callable = nn.GELU,
+            weight_init: str = '',
+    ):
+        super().__init__()
+        num_stages = len(depths)
+        if len(num_heads) != num_stages:
+            raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} differ in length")
+        if not isinstance(window_size, int) or window_size < 1:
+            raise ValueError(f"window_size must be a positive int, got {window_size!r}")
+        if dwconv_stages is None:
+            dwconv_stages = default_dwconv_stages(img_size, window_size, patch_size, num_stages)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.window_size = window_size
+        self.dims = [embed_dim * 2 ** i for i in range(num_stages)]
+        self.num_features = self.head_hidden_size = self.dims[-1]
+
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, norm_layer=norm_layer)
+        # stochastic depth grows linearly over all blocks (plain Python: the model must build on 'meta')
+        n = sum(depths)
+        dpr = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]
+        stages = []
+        self.feature_info = []
+        for i in range(num_stages):
+            first = sum(depths[:i])
+            stages.append(IwinStage(
+                dim=self.dims[max(i - 1, 0)],
+                out_dim=self.dims[i],
+                depth=depths[i],
+                num_heads=num_heads[i],
+                window_size=window_size,
+                downsample=i > 0,
+                use_dwconv=bool(dwconv_stages[i]),
+                drop_path=dpr[first:first + depths[i]],
+                norm_layer=norm_layer,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                proj_drop=proj_drop_rate,
+                attn_drop=attn_drop_rate,
+                act_layer=act_layer,
+            ))
+            self.feature_info.append(dict(num_chs=self.dims[i], reduction=patch_size * 2 ** i, module=f'layers.{i}'))
+        self.layers = nn.Sequential(*stages)
+        self.stage_norms = nn.ModuleList([norm_layer(d) for d in self.dims]) if stage_norms else None
+
+        self.norm = norm_layer(self.num_features)
+        self.head = ClassifierHead(
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt='NHWC')
+        if weight_init != 'skip':
+            self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module):
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()  # no position tables; timm's optimizer factory already skips norms and biases
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r'^patch_embed',
+            blocks=r'^layers\.(\d+)' if coarse else [
+                (r'^layers\.(\d+)\.downsample', (0,)),
+                (r'^layers\.(\d+)\.\w+\.(\d+)', None),
+                (r'^stage_norms\.(\d+)', (99998,)),
+                (r'^norm', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    def set_window_size(self, window_size: int):
+        """Run with another interleaved-window size (the weights do not depend on it)."""
+        self.window_size = window_size
+        for module in self.modules():
+            if isinstance(module, IwinBlock):
+                module.window_size = window_size
+
+    def check_input(self, x: torch.Tensor):
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"Iwin expects an image batch of shape (B, {self.in_chans}, H, W), got {got}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"Iwin was built for {self.in_chans} input channels, got {x.shape[1]} (input shape "
+                f"{tuple(x.shape)}); convert the images or build the model with in_chans={x.shape[1]}")
+        if not x.is_floating_point():
+            raise TypeError(f"Iwin expects a floating-point (normalised) image tensor, got dtype {x.dtype}")
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: int | list[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ):
+        """Stage outputs at strides 4, 8, 16, 32 (``indices`` picks them, timm's convention).
+
+        With ``stage_norms`` each one goes through its own LayerNorm (the segmentation backbone's
+        outputs); otherwise ``norm=True`` applies the final norm to the last stage.
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        self.check_input(x)
+        take_indices, max_index = feature_take_indices(len(self.layers), indices)
+        last = len(self.layers) - 1
+        stages = self.layers[:max_index + 1] if stop_early else self.layers
+
+        intermediates = []
+        x = self.patch_embed(x)
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i not in take_indices:
+                continue
+            if self.stage_norms is not None:
+                feat = self.stage_norms[i](x)
+            elif norm and i == last:
+                feat = self.norm(x)
+            else:
+                feat = x
+            intermediates.append(feat.permute(0, 3, 1, 2) if output_fmt == 'NCHW' else feat)
+
+        if intermediates_only:
+            return intermediates
+        if len(stages) == len(self.layers):
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: int | list[int] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        take_indices, max_index = feature_take_indices(len(self.layers), indices)
+        self.layers = self.layers[:max_index + 1]
+        if self.stage_norms is not None:
+            self.stage_norms = self.stage_norms[:max_index + 1]
+        if prune_norm or max_index < len(self.feature_info) - 1:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        x = self.layers(self.patch_embed(x))
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+_OFFICIAL_DOWNSAMPLE = re.compile(r'^layers\.(\d+)\.downsample\.')
+_OFFICIAL_STAGE_NORM = re.compile(r'^norm(\d+)\.')
+
+
+def remap_official_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official key names (classification or mmseg backbone, ``backbone.`` stripped) -> ours.
+
+    Keys already in our layout pass through: an official checkpoint is recognised by its
+    ``layers.0.downsample`` (we have none) or ``head.weight`` / ``norm{i}`` names.
+    """
+    official = any(k.startswith('layers.0.downsample.') for k in state_dict)
+    out = {}
+    for k, v in state_dict.items():
+        if official:
+            k = _OFFICIAL_DOWNSAMPLE.sub(lambda m: f'layers.{int(m[1]) + 1}.downsample.', k)
+        k = _OFFICIAL_STAGE_NORM.sub(r'stage_norms.\1.', k)
+        if k.startswith('head.') and not k.startswith('head.fc.'):
+            k = 'head.fc.' + k[len('head.'):]
+        out[k] = v
+    return out
+
+
+def _describe_mismatch(missing, unexpected, mismatched, model_name: str) -> str:
+    lines = [f"checkpoint does not fit {model_name}:"]
+    if mismatched:
+        k, got, want = mismatched[0]
+        lines.append(f"  {len(mismatched)} tensors have other shapes, e.g. {k}: checkpoint {got}, model {want}")
+    if missing:
+        lines.append(f"  {len(missing)} model tensors are missing from it, e.g. {', '.join(sorted(missing)[:3])}")
+    if unexpected:
+        lines.append(f"  {len(unexpected)} tensors are not in the model, e.g. {', '.join(sorted(unexpected)[:3])}")
+    lines.append("  it was probably made for another variant (embed_dim, depths, classes or window size)")
+    return "\n".join(lines)
+
+
+def checkpoint_filter_fn(state_dict: dict, model: IwinTransformer) -> dict[str, torch.Tensor]:
+    """Accept every official layout and check it against ``model`` with strict-load semantics.
+
+    Takes an official classification checkpoint (``{'model': ...}``), an mmseg segmentation
+    checkpoint (``{'state_dict': {'backbone.*', 'decode_head.*', ...}}``: the backbone is used),
+    a bare state dict, or one of ours. Raises :class:`CheckpointError` naming what does not fit.
+    """
+    state_dict = unwrap_state_dict(state_dict)
+    if any(k.startswith('backbone.') for k in state_dict):
+        state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
+    state_dict = remap_official_keys(state_dict)
+    model_sd = model.state_dict()
+
+    # Modules the source never had, by design, keep their initial values (as mmseg does when it
+    # loads an ImageNet backbone): the per-stage output norms for an ImageNet checkpoint, the
+    # final norm and classifier for a headless (segmentation) backbone. Anything else must match.
+    headless = 'head.fc.weight' not in state_dict
+    for k, v in model_sd.items():
+        new_by_design = k.startswith('stage_norms.') or (headless and k.startswith(('norm.', 'head.')))
+        if k not in state_dict and new_by_design:
+            state_dict[k] = v
+    if model.stage_norms is None:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith('stage_norms.')}
+
+    # timm drops the classifier itself when num_classes differs from the pretrained cfg's.
+    pretrained_classes = (getattr(model, 'pretrained_cfg', None) or {}).get('num_classes', model.num_classes)
+    skip_head = model.num_classes != pretrained_classes or model.num_classes == 0
+    if model.num_classes == 0:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.fc.')}
+
+    missing = {k for k in model_sd if k not in state_dict and not (skip_head and k.startswith('head.fc.'))}
+    unexpected = {k for k in state_dict if k not in model_sd}
+    mismatched = []
+    for k, v in state_dict.items():
+        if k in model_sd and tuple(v.shape) != tuple(model_sd[k].shape):
+            if skip_head and k.startswith('head.fc.'):
+                continue
+            if k == 'patch_embed.proj.weight' and v.shape[1] != model.in_chans:
+                continue  # timm adapts the input conv to in_chans after this filter
+            mismatched.append((k, tuple(v.shape), tuple(model_sd[k].shape)))
+    if missing or unexpected or mismatched:
+        name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture', type(model).__name__)
+        raise CheckpointError(_describe_mismatch(missing, unexpected, mismatched, name))
+    return state_dict
+
+
+def _create_iwin(variant: str, pretrained: bool = False, **kwargs) -> IwinTransformer:
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    device, dtype = kwargs.pop('device', None), kwargs.pop('dtype', None)
+    if kwargs.get('features_only'):
+        # features are the segmentation backbone's: each stage output through its own norm
+        kwargs.setdefault('stage_norms', True)
+    try:
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            model = build_model_with_cfg(
+                IwinTransformer, variant, pretrained,
+                pretrained_filter_fn=checkpoint_filter_fn,
+                feature_cfg=dict(feature_cls='getter', out_indices=out_indices),
+                **kwargs)
+        return model.to(dtype) if dtype is not None else model
+    except CheckpointError:
+        raise
+    except Exception as e:
+        if not pretrained or isinstance(e, (TypeError, ValueError)) and 'checkpoint' not in str(e).lower():
+            raise
+        raise CheckpointError(_explain_load_failure(variant, kwargs, e)) from e
+
+
+def _explain_load_failure(variant: str, kwargs: dict, error: Exception) -> str:
+    """Say which file failed to load and what to do about it (timm's own errors do not)."""
+    from timm.models._builder import _resolve_pretrained_source
+    from timm.models._registry import get_pretrained_cfg
+
+    from .checkpoint import cached_path_for_url
+
+    cfg = get_pretrained_cfg(variant)
+    cfg = cfg.to_dict() if cfg is not None else {}
+    cfg.update(kwargs.get('pretrained_cfg_overlay') or {})
+    source, location = _resolve_pretrained_source(cfg)
+    reason = f"{type(error).__name__}: {error}"
+    if source == 'url':
+        cached = cached_path_for_url(location)
+        if os.path.exists(cached):
+            return (f"pretrained weights for {variant}: the cached file {cached} could not be read ({reason}). "
+                    f"It is probably a truncated or corrupt download: delete it and try again.")
+        return (f"pretrained weights for {variant} are not cached and could not be downloaded from {location} "
+                f"({reason}). Without network access, put the file at {cached} or pass "
+                f"pretrained_cfg_overlay=dict(file='/path/to/{os.path.basename(location)}').")
+    if source == 'file':
+        if not os.path.isfile(location):
+            return f"pretrained weights for {variant}: no such file {location}"
+        return (f"pretrained weights for {variant}: {location} is not a readable checkpoint ({reason}); "
+                f"expected a PyTorch .pth/.pt or a .safetensors file, possibly truncated")
+    return f"pretrained weights for {variant} could not be loaded from {source or 'anywhere'} {location}: {reason}"
+
+
+_RELEASE = 'https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0'
+
+
+def _cfg(file: str, resolution: int = 224, **kwargs) -> dict:
+    return {
+        'url': f'{_RELEASE}/{file}',
+        'num_classes': 1000,
+        'input_size': (3, resolution, resolution),
+        'pool_size': (resolution // 32, resolution // 32),
+        # the authors' evaluation: resize 256/224 then centre-crop at 224, a plain resize above
+        'crop_pct': 0.875 if resolution == 224 else 1.0,
+        'interpolation': 'bicubic',
+        'fixed_input_size': False,
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj',
+        'classifier': 'head.fc',
+        'license': 'mit',
+        'paper_ids': 'arXiv:2507.18405',
+        'paper_name': 'Iwin Transformer: Hierarchical Vision Transformer using Interleaved Windows',
+        'origin_url': 'https://github.com/Cominder/Iwin-Transformer',
+        **kwargs,
+    }
+
+
+def _in22k_family(name: str, resolution: int) -> dict:
+    stem = f'{name}_patch4_window{ {224: 7, 384: 12}.get(resolution, 16) }_{resolution}'
+    return {
+        'in22k_ft_in1k': _cfg(f'{stem}_22kto1k.pth', resolution),
+        'in22k': _cfg(f'{stem}_22k.pth', resolution, num_classes=21841),
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'iwin_tiny.in1k': _cfg('iwin_tiny_patch4_window7_224.pth'),
+    'iwin_small.in1k': _cfg('iwin_small_patch4_window7_224.pth'),
+    'iwin_small_patch4_window12_384.in1k': _cfg('iwin_small_patch4_window12_384.pth', 384),
+    'iwin_small_patch4_window16_512.in1k': _cfg('iwin_small_patch4_window16_512.pth', 512),
+    'iwin_small_patch4_window16_1024.in1k': _cfg('iwin_small_patch4_window16_1024.pth', 1024),
+    **{f'iwin_base.{tag}': c for tag, c in _in22k_family('iwin_base', 224).items()},
+    'iwin_base.in1k': _cfg('iwin_base_patch4_window7_224.pth'),
+    **{f'iwin_base_patch4_window12_384.{tag}': c for tag, c in _in22k_family('iwin_base', 384).items()},
+    'iwin_base_patch4_window12_384.in1k': _cfg('iwin_base_patch4_window12_384.pth', 384),
+    **{f'iwin_base_patch4_window16_512.{tag}': c for tag, c in _in22k_family('iwin_base', 512).items()},
+    'iwin_base_patch4_window16_512.in1k': _cfg('iwin_base_patch4_window16_512.pth', 512),
+    **{f'iwin_base_patch4_window16_1024.{tag}': c for tag, c in _in22k_family('iwin_base', 1024).items()},
+    'iwin_base_patch4_window16_1024.in1k': _cfg('iwin_base_patch4_window16_1024.pth', 1024),
+    **{f'iwin_large.{tag}': c for tag, c in _in22k_family('iwin_large', 224).items()},
+    **{f'iwin_large_patch4_window12_384.{tag}': c for tag, c in _in22k_family('iwin_large', 384).items()},
+})
+
+# embed_dim, depths, ImageNet heads (per the official classification configs)
+_ARCHS = {
+    'tiny': dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    'small': dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 4, 8, 16)),
+    'base': dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+    'large': dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
+}
+
+
+def _build(size: str, variant: str, pretrained: bool, img_size: int = 224, window_size: int = 7, **kwargs):
+    # Which stages have a depthwise conv is fixed by the registered resolution and window (it is
+    # part of the weights); a window_size passed by the user only changes how the model runs.
+    args = dict(_ARCHS[size], img_size=img_size, window_size=window_size,
+                dwconv_stages=default_dwconv_stages(img_size, window_size))
+    return _create_iwin(variant, pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def iwin_tiny(pretrained: bool = False, **kwargs) -> IwinTransformer:
+    """Iwin-T, 224, window 7 (30.2M params)."""
+    return _build('tiny', 'iwin_tiny', pretrained, **kwargs)
+
+
+@register_model
+def iwin_small(pretrained: bool = False, **kwargs) -> IwinTransformer:
+    """Iwin-S, 224, window 7 (51.6M params; ImageNet heads 3,4,8,16)."""
+    return _build('small', 'iwin_small', pretrained, **kwargs)
+
+
+@register_model
+def iwin_small_patch4_window12_384(pretrained: bool = False, **kwargs) -> IwinTransformer:
+    """Iwin-S fine-tuned at 384, window 12."""
+    return _build('small', 'iwin_small_patch4_window12_384', pretrained, 384, 12, **kwargs)
+
+
+@register_model
+def iwin_small_patch4_window16_512(pretrained: bool = False, **kwargs) -> IwinTransformer:
+    """Iwin-S fine-tuned at 512, window 16."""
+    return _build('small', 'iwin_small_patch4_window16_512', pretrained, 512, 16, **kwargs)
+
+
+@register_model
+def iwin_small_patch4_window16_1024(pretrained: bool = False, **kwargs) -> IwinTransformer:
+    """Iwin-S fine-tuned at 1024, window 16 (stage 3 has a depthwise conv)."""
+    return _build('small', 'iwin_small_patch4_window16_1024', pretrained, 1024, 16, **kwargs)
+
+
+@register_model
+def iwin_base(pretrained: bool = False, **kwargs) -> IwinTransformer:
+    """Iwin-B, 224, window 7 (91.2M params)."""
+    return _build('base', 'iwin_base', pretrained, **kwargs)
+
+
+@register_model
+def iwin_base_patch4_window12_384(pretrained: bool = False, **kwargs) -> IwinTransformer:
+    """Iwin-B at 384, window 12."""
+    return _build('base', 'iwin_base_patch4_window12_384', pretrained, 384, 12, **kwargs)
+
+
+@register_model
+def iwin_base_patch4_window16_512(pretrained: bool = False, **kwargs) -> IwinTransformer:
+    """Iwin-B at 512, window 16."""
+    return _build('base', 'iwin_base_patch4_window16_512', pretrained, 512, 16, **kwargs)
+
+
+@register_model
+def iwin_base_patch4_window16_1024(pretrained: bool = False, **kwargs) -> IwinTransformer:
+    """Iwin-B at 1024, window 16 (stage 3 has a depthwise conv)."""
+    return _build('base', 'iwin_base_patch4_window16_1024', pretrained, 1024, 16, **kwargs)
+
+
+@register_model
+def iwin_large(pretrained: bool = False, **kwargs) -> IwinTransformer:
+    """Iwin-L, 224, window 7 (204.3M params), ImageNet-22K pretrained."""
+    return _build('large', 'iwin_large', pretrained, **kwargs)
+
+
+@register_model
+def iwin_large_patch4_window12_384(pretrained: bool = False, **kwargs) -> IwinTransformer:
+    """Iwin-L at 384, window 12, ImageNet-22K pretrained."""
+    return _build('large', 'iwin_large_patch4_window12_384', pretrained, 384, 12, **kwargs)

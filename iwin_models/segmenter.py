@@ -1,0 +1,356 @@
+"""Iwin UPerNet: the authors' ADE20K segmenters as a segmentation-models-pytorch model.
+
+Encoder: the timm Iwin backbone (``features_only``, with the segmentation backbone's per-stage
+norms). Decoder: smp's ``UPerNetDecoder`` (PSP + FPN, 512 channels), whose structure is mmseg's
+``UPerHead``. Head: dropout + 1x1 classifier, logits resized to the input size (bilinear,
+align_corners False, as the checkpoints were trained). Optional auxiliary FCN head on stage 2.
+
+Where smp's defaults differ from what the checkpoints were trained with, we follow the checkpoints:
+
+* smp's decoder normalises the encoder features itself (LayerNorm eps 1e-6); here the backbone
+  already did (``norm0..3``, eps 1e-5), so the decoder's norms are identities;
+* smp's ``SegmentationHead`` upsamples by a fixed x4 with align_corners True; ours resizes to the
+  exact input size with align_corners False;
+* smp requires inputs divisible by 32; Iwin pads internally, so any size is accepted.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from segmentation_models_pytorch.base import SegmentationModel
+from segmentation_models_pytorch.base import modules as smp_modules
+from segmentation_models_pytorch.base.hub_mixin import supports_config_loading
+from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
+from segmentation_models_pytorch.encoders import get_encoder
+
+from . import ade20k
+from . import iwin as _iwin  # noqa: F401  (registers the timm models used as encoders)
+from .checkpoint import CheckpointError, convert_mmseg_upernet, load_url, read_checkpoint
+
+__all__ = [
+    "IwinUPerNet", "create_segmenter", "load_segmenter_weights", "SEGMENTERS",
+    "iwin_tiny_upernet_ade20k", "iwin_small_upernet_ade20k", "iwin_base_upernet_ade20k",
+]
+
+_RELEASE = "https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0"
+
+# name -> encoder, the encoder arguments the ADE20K config used, official weights
+SEGMENTERS = {
+    "iwin_tiny_upernet_ade20k": dict(
+        encoder="iwin_tiny", encoder_kwargs={}, url=f"{_RELEASE}/iwin_tiny_patch4_window7_512_ade20k_1k.pth"),
+    # The ADE20K Iwin-S uses heads 3,6,12,24 (the ImageNet Iwin-S 3,4,8,16). Head counts are not part
+    # of any weight shape, so a wrong count would load silently and give wrong outputs.
+    "iwin_small_upernet_ade20k": dict(
+        encoder="iwin_small", encoder_kwargs=dict(num_heads=(3, 6, 12, 24)),
+        url=f"{_RELEASE}/iwin_small_patch4_window7_512_ade20k_1k.pth"),
+    "iwin_base_upernet_ade20k": dict(
+        encoder="iwin_base", encoder_kwargs={}, url=f"{_RELEASE}/iwin_base_patch4_window7_512_ade20k_1k.pth"),
+}
+
+
+class PoolSafeBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm that normalises a lone value per channel with the running statistics.
+
+    The PSP branch pools to 1x1; with batch size 1 in training each channel then holds one value,
+    which has no variance, and plain BatchNorm raises. mmseg avoided it with SyncBN over 8 GPUs.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.numel() // x.shape[1] <= 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0., self.eps)
+        return super().forward(x)
+
+
+class ResizeToInputHead(nn.Module):
+    """Dropout, 1x1 classifier, bilinear resize (align_corners False) to the input size."""
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.1):
+        super().__init__()
+        self.dropout = nn.Dropout2d(dropout)  # mmseg's decode heads drop whole channels
+        self.conv_seg = nn.Conv2d(in_channels, num_classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        x = self.conv_seg(self.dropout(x))
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class FCNHead(ResizeToInputHead):
+    """mmseg's auxiliary ``FCNHead``: one 3x3 conv-BN-ReLU, dropout, 1x1 classifier, resize."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 256, dropout: float = 0.1):
+        super().__init__(channels, num_classes, dropout)
+        self.convs = nn.Sequential(smp_modules.Conv2dReLU(in_channels, channels, kernel_size=3, padding=1))
+
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        return super().forward(self.convs(x), size)
+
+
+def _pool_safe_batchnorms(module: nn.Module) -> nn.Module:
+    """Swap every BatchNorm2d under ``module`` for :class:`PoolSafeBatchNorm2d` (same state)."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            safe = PoolSafeBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                       child.track_running_stats, device=child.weight.device)
+            safe.load_state_dict(child.state_dict())
+            setattr(module, name, safe)
+        else:
+            _pool_safe_batchnorms(child)
+    return module
+
+
+class IwinUPerNet(SegmentationModel):
+    """UPerNet on an Iwin backbone (an smp ``SegmentationModel``: ``save_pretrained``,
+    ``from_pretrained``, ``predict``, ``freeze_encoder`` all work).
+
+    Args:
+        encoder_name: timm Iwin model, optionally with a pretrained tag (``iwin_tiny.in1k``).
+        encoder_weights: None for random init, True for the tag's ImageNet weights.
+        encoder_kwargs: passed to ``timm.create_model`` (``window_size``, ``num_heads``,
+            ``drop_path_rate``, ``pretrained_cfg_overlay=dict(file=...)``, ...).
+        in_channels: image channels.
+        classes: number of classes.
+        decoder_channels: UPerNet width (512 in the official models).
+        aux_channels: width of the auxiliary FCN head on stage 2 (256); 0 for none.
+        dropout: dropout before both classifiers (0.1).
+        class_names, palette: kept with the model (and in ``config.json`` when saved).
+
+    ``forward(x)`` returns logits of shape (B, classes, H, W) for any H, W.
+    ``forward(x, return_aux=True)`` returns ``(logits, aux_logits)``, for the training loss.
+    """
+
+    requires_divisible_input_shape = False
+
+    @supports_config_loading
+    def __init__(
+            self,
+            encoder_name: str = "iwin_tiny",
+            encoder_weights: bool | None = None,
+            encoder_kwargs: dict | None = None,
+            in_channels: int = 3,
+            classes: int = 150,
+            decoder_channels: int = 512,
+            aux_channels: int = 256,
+            dropout: float = 0.1,
+            class_names: Sequence[str] | None = None,
+            palette: Sequence[Sequence[int]] | None = None,
+    ):
+        super().__init__()
+        if classes < 1:
+            raise ValueError(f"classes must be positive, got {classes}")
+        if class_names is not None and len(class_names) != classes:
+            raise ValueError(f"{len(class_names)} class names for {classes} classes")
+        self.encoder = get_encoder(
+            f"tu-{encoder_name}", in_channels=in_channels, depth=5,
+            weights=True if encoder_weights else None, **(encoder_kwargs or {}))
+        stage_channels = self.encoder.out_channels[2:]
+        self.decoder = UPerNetDecoder(self.encoder.out_channels, encoder_depth=5, decoder_channels=decoder_channels)
+        # The backbone's own norm0..3 already normalised the features (see the module docstring).
+        self.decoder.feature_norms = nn.ModuleList([nn.Identity() for _ in stage_channels])
+        _pool_safe_batchnorms(self.decoder)
+        self.segmentation_head = ResizeToInputHead(decoder_channels, classes, dropout)
+        self.auxiliary_head = FCNHead(stage_channels[2], classes, aux_channels, dropout) if aux_channels else None
+        self.classification_head = None
+        self.num_classes = classes
+        self.class_names = list(class_names) if class_names is not None else None
+        self.palette = [list(c) for c in palette] if palette is not None else None
+        self.name = f"upernet-{encoder_name}"
+        self.initialize()
+        if self.auxiliary_head is not None:
+            smp.base.initialization.initialize_decoder(self.auxiliary_head)
+
+    def check_input_shape(self, x):
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
+            raise ValueError(f"expected an image batch (B, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+
+    def forward(self, x: torch.Tensor, return_aux: bool = False):
+        self.check_input_shape(x)
+        features = self.encoder(x)
+        logits = self.segmentation_head(self.decoder(features), x.shape[-2:])
+        if not return_aux:
+            return logits
+        if self.auxiliary_head is None:
+            raise ValueError("this model has no auxiliary head (aux_channels=0)")
+        return logits, self.auxiliary_head(features[4], x.shape[-2:])  # stage 2 (stride 16)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The timm Iwin model inside the encoder."""
+        return self.encoder.model.model
+
+    def reset_classes(self, classes: int, class_names: Sequence[str] | None = None):
+        """New classifiers (main and auxiliary) for ``classes`` classes; everything else is kept."""
+        device = self.segmentation_head.conv_seg.weight.device
+        heads = [self.segmentation_head] + ([self.auxiliary_head] if self.auxiliary_head is not None else [])
+        for head in heads:
+            head.conv_seg = nn.Conv2d(head.conv_seg.in_channels, classes, kernel_size=1, device=device)
+            smp.base.initialization.initialize_head(head.conv_seg)
+        self.num_classes = classes
+        self.class_names = list(class_names) if class_names is not None else None
+        self.palette = None
+        self._hub_mixin_config.update(classes=classes, class_names=self.class_names, palette=None)
+
+
+# let smp.from_pretrained(<folder or hub repo>) find our class by name (it looks in smp's namespace)
+smp.IwinUPerNet = IwinUPerNet
+
+_CLASSIFIERS = ("segmentation_head.conv_seg.", "auxiliary_head.conv_seg.")
+
+
+def _segmenter_state_dict(checkpoint: dict) -> tuple[dict, dict]:
+    """(state dict in our names, meta) from an mmseg checkpoint, one of ours, or a bare dict."""
+    checkpoint = dict(checkpoint)
+    meta = checkpoint.pop("meta", None) or {}
+    metadata = checkpoint.pop("__metadata__", None)  # safetensors
+    sd = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(sd, dict) or not sd:
+        raise CheckpointError("not a segmenter checkpoint: no state_dict")
+    if any(k.startswith("decode_head.") for k in sd):
+        sd = convert_mmseg_upernet(sd)
+    elif not any(k.startswith("encoder.") for k in sd):
+        raise CheckpointError(
+            "not an Iwin UPerNet checkpoint: it has neither mmseg keys (backbone./decode_head.) nor ours "
+            f"(encoder./decoder.), e.g. {sorted(sd)[:3]}")
+    if metadata:
+        meta = {**meta, **{k: v for k, v in metadata.items()}}
+    return sd, meta
+
+
+def load_segmenter_weights(model: IwinUPerNet, checkpoint: dict | str) -> IwinUPerNet:
+    """Load an official mmseg checkpoint (or one of ours) into ``model`` with strict semantics.
+
+    ``checkpoint`` is a loaded dict, a path (.pth or .safetensors) or a URL. Every tensor must be
+    used and every model tensor provided, except the classifiers when the class count differs
+    (they are then re-initialised, with a warning) and the auxiliary head when the model has none.
+    The checkpoint's class names and palette (``meta``) are kept on the model.
+    """
+    if isinstance(checkpoint, str):
+        checkpoint = load_url(checkpoint) if "://" in checkpoint else read_checkpoint(checkpoint)
+    sd, meta = _segmenter_state_dict(checkpoint)
+    if model.auxiliary_head is None:
+        sd = {k: v for k, v in sd.items() if not k.startswith("auxiliary_head.")}
+    ckpt_classes = sd["segmentation_head.conv_seg.weight"].shape[0] if "segmentation_head.conv_seg.weight" in sd else None
+    if ckpt_classes is not None and ckpt_classes != model.num_classes:
+        warnings.warn(
+            f"the checkpoint has {ckpt_classes} classes and the model {model.num_classes}: its body is loaded and "
+            f"the classifiers are re-initialised (train them before use)", stacklevel=2)
+        sd = {k: v for k, v in sd.items() if not k.startswith(_CLASSIFIERS)}
+        meta = {}
+
+    model_sd = model.state_dict()
+    missing = [k for k in model_sd if k not in sd and not (ckpt_classes != model.num_classes and k.startswith(_CLASSIFIERS))]
+    unexpected = [k for k in sd if k not in model_sd]
+    mismatched = [(k, tuple(v.shape), tuple(model_sd[k].shape)) for k, v in sd.items()
+                  if k in model_sd and v.shape != model_sd[k].shape]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(_describe(missing, unexpected, mismatched, model.name))
+    model.load_state_dict(sd, strict=ckpt_classes == model.num_classes)
+
+    names = meta.get("CLASSES")
+    if names is not None and len(names) == model.num_classes:
+        model.class_names = list(names)
+        model.palette = [list(c) for c in meta["PALETTE"]] if meta.get("PALETTE") is not None else model.palette
+    return model
+
+
+def _describe(missing, unexpected, mismatched, name: str) -> str:
+    lines = [f"checkpoint does not fit {name}:"]
+    if mismatched:
+        k, got, want = mismatched[0]
+        lines.append(f"  {len(mismatched)} tensors have other shapes, e.g. {k}: checkpoint {got}, model {want}")
+    if missing:
+        lines.append(f"  {len(missing)} model tensors are missing, e.g. {', '.join(missing[:3])}")
+    if unexpected:
+        lines.append(f"  {len(unexpected)} checkpoint tensors are not in the model, e.g. {', '.join(unexpected[:3])}")
+    lines.append("  it was probably made for another Iwin variant (tiny/small/base) or decoder width")
+    return "\n".join(lines)
+
+
+def create_segmenter(
+        name: str,
+        pretrained: bool = True,
+        num_classes: int = 150,
+        weights: str | dict | None = None,
+        encoder_pretrained: bool | str = False,
+        aux_head: bool = True,
+        **kwargs,
+) -> IwinUPerNet:
+    """Build one of :data:`SEGMENTERS`.
+
+    Args:
+        name: ``iwin_{tiny,small,base}_upernet_ade20k``.
+        pretrained: load the authors' ADE20K weights (from the torch.hub cache, downloaded once).
+        num_classes: classes of the model; a count other than the checkpoint's keeps the
+            pretrained body and re-initialises the classifiers (with a warning).
+        weights: a local path (.pth, .safetensors), URL or loaded checkpoint to use instead of the
+            official file; implies ``pretrained``.
+        encoder_pretrained: start the backbone from ImageNet weights instead (for training): True for
+            the variant's official ``.in1k`` timm weights, or a path to a classification checkpoint.
+        aux_head: build the auxiliary FCN head (used for the training loss only).
+        **kwargs: ``window_size``, ``drop_path_rate`` (0.3 by default, the training recipe), ``dropout``.
+    """
+    if name not in SEGMENTERS:
+        raise ValueError(f"unknown segmenter {name!r}; choose one of {', '.join(SEGMENTERS)}")
+    spec = SEGMENTERS[name]
+    encoder_kwargs = dict(spec["encoder_kwargs"], drop_path_rate=kwargs.pop("drop_path_rate", 0.3))
+    if "window_size" in kwargs:
+        encoder_kwargs["window_size"] = kwargs.pop("window_size")
+    encoder_name = spec["encoder"]
+    if encoder_pretrained:
+        encoder_name += ".in1k"
+        if isinstance(encoder_pretrained, str):
+            encoder_kwargs["pretrained_cfg_overlay"] = dict(file=encoder_pretrained)
+    is_ade = num_classes == len(ade20k.CLASSES)
+    model = IwinUPerNet(
+        encoder_name=encoder_name,
+        encoder_weights=bool(encoder_pretrained) or None,
+        encoder_kwargs=encoder_kwargs,
+        classes=num_classes,
+        aux_channels=256 if aux_head else 0,
+        class_names=ade20k.CLASSES if is_ade else None,
+        palette=ade20k.PALETTE if is_ade else None,
+        **kwargs,
+    )
+    if weights is not None or pretrained:
+        load_segmenter_weights(model, weights if weights is not None else spec["url"])
+    return model
+
+
+def iwin_tiny_upernet_ade20k(pretrained: bool = True, num_classes: int = 150, **kwargs) -> IwinUPerNet:
+    """Iwin-T UPerNet trained on ADE20K (44.70 mIoU single scale, 61.9M params).
+
+    Args:
+        pretrained: load the authors' ADE20K checkpoint (cached under $TORCH_HOME/hub/checkpoints).
+        num_classes: 150 for ADE20K; another count keeps the body and re-initialises the classifiers.
+        weights: local path, URL or loaded checkpoint to use instead of the official file.
+        **kwargs: see ``iwin_models.segmenter.create_segmenter``.
+    """
+    return create_segmenter("iwin_tiny_upernet_ade20k", pretrained, num_classes, **kwargs)
+
+
+def iwin_small_upernet_ade20k(pretrained: bool = True, num_classes: int = 150, **kwargs) -> IwinUPerNet:
+    """Iwin-S UPerNet trained on ADE20K (47.50 mIoU single scale, 83.2M params; heads 3,6,12,24).
+
+    Args:
+        pretrained: load the authors' ADE20K checkpoint (cached under $TORCH_HOME/hub/checkpoints).
+        num_classes: 150 for ADE20K; another count keeps the body and re-initialises the classifiers.
+        weights: local path, URL or loaded checkpoint to use instead of the official file.
+        **kwargs: see ``iwin_models.segmenter.create_segmenter``.
+    """
+    return create_segmenter("iwin_small_upernet_ade20k", pretrained, num_classes, **kwargs)
+
+
+def iwin_base_upernet_ade20k(pretrained: bool = True, num_classes: int = 150, **kwargs) -> IwinUPerNet:
+    """Iwin-B UPerNet trained on ADE20K (48.90 mIoU single scale, 124.8M params).
+
+    Args:
+        pretrained: load the authors' ADE20K checkpoint (cached under $TORCH_HOME/hub/checkpoints).
+        num_classes: 150 for ADE20K; another count keeps the body and re-initialises the classifiers.
+        weights: local path, URL or loaded checkpoint to use instead of the official file.
+        **kwargs: see ``iwin_models.segmenter.create_segmenter``.
+    """
+    return create_segmenter("iwin_base_upernet_ade20k", pretrained, num_classes, **kwargs)
