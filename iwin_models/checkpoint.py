@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import torch
 
 __all__ = [
-    "CheckpointError", "unwrap_state_dict", "read_checkpoint", "cached_path_for_url", "load_url",
+    "CheckpointError", "check_state_dict_fits", "unwrap_state_dict", "read_checkpoint", "cached_path_for_url", "load_url",
     "convert_mmseg_upernet",
 ]
 
@@ -108,6 +108,27 @@ def load_url(url: str, progress: bool = True) -> dict:
         return read_checkpoint(cached)
     except CheckpointError as e:
         raise CheckpointError(f"{e}\nThe cached download {cached} is damaged: delete it and try again.") from e
+
+
+def check_state_dict_fits(state_dict: dict, model_state: dict, model_name: str, hint: str, skip=()) -> None:
+    """Strict-load semantics with one readable error: raise :class:`CheckpointError` when a tensor is
+    missing, unexpected or of another shape. Keys starting with a prefix in ``skip`` are not checked."""
+    missing = [k for k in model_state if k not in state_dict and not k.startswith(tuple(skip))]
+    unexpected = [k for k in state_dict if k not in model_state]
+    mismatched = [(k, tuple(v.shape), tuple(model_state[k].shape)) for k, v in state_dict.items()
+                  if k in model_state and tuple(v.shape) != tuple(model_state[k].shape) and not k.startswith(tuple(skip))]
+    if not (missing or unexpected or mismatched):
+        return
+    lines = [f"checkpoint does not fit {model_name}:"]
+    if mismatched:
+        k, got, want = mismatched[0]
+        lines.append(f"  {len(mismatched)} tensors have other shapes, e.g. {k}: checkpoint {got}, model {want}")
+    if missing:
+        lines.append(f"  {len(missing)} model tensors are missing from it, e.g. {', '.join(missing[:3])}")
+    if unexpected:
+        lines.append(f"  {len(unexpected)} of its tensors are not in the model, e.g. {', '.join(unexpected[:3])}")
+    lines.append(f"  {hint}")
+    raise CheckpointError("\n".join(lines))
 
 
 # --- mmseg UPerNet -> IwinUPerNet --------------------------------------------------------------

@@ -33,7 +33,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
-from .checkpoint import CheckpointError, unwrap_state_dict
+from .checkpoint import CheckpointError, check_state_dict_fits, unwrap_state_dict
 
 __all__ = ["IwinTransformer", "checkpoint_filter_fn", "interleave_windows", "deinterleave_windows"]
 
@@ -471,19 +471,6 @@ def remap_official_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
-def _describe_mismatch(missing, unexpected, mismatched, model_name: str) -> str:
-    lines = [f"checkpoint does not fit {model_name}:"]
-    if mismatched:
-        k, got, want = mismatched[0]
-        lines.append(f"  {len(mismatched)} tensors have other shapes, e.g. {k}: checkpoint {got}, model {want}")
-    if missing:
-        lines.append(f"  {len(missing)} model tensors are missing from it, e.g. {', '.join(sorted(missing)[:3])}")
-    if unexpected:
-        lines.append(f"  {len(unexpected)} tensors are not in the model, e.g. {', '.join(sorted(unexpected)[:3])}")
-    lines.append("  it was probably made for another variant (embed_dim, depths, classes or window size)")
-    return "\n".join(lines)
-
-
 def checkpoint_filter_fn(state_dict: dict, model: IwinTransformer) -> dict[str, torch.Tensor]:
     """Accept every official layout and check it against ``model`` with strict-load semantics.
 
@@ -514,19 +501,13 @@ def checkpoint_filter_fn(state_dict: dict, model: IwinTransformer) -> dict[str, 
     if model.num_classes == 0:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.fc.')}
 
-    missing = {k for k in model_sd if k not in state_dict and not (skip_head and k.startswith('head.fc.'))}
-    unexpected = {k for k in state_dict if k not in model_sd}
-    mismatched = []
-    for k, v in state_dict.items():
-        if k in model_sd and tuple(v.shape) != tuple(model_sd[k].shape):
-            if skip_head and k.startswith('head.fc.'):
-                continue
-            if k == 'patch_embed.proj.weight' and v.shape[1] != model.in_chans:
-                continue  # timm adapts the input conv to in_chans after this filter
-            mismatched.append((k, tuple(v.shape), tuple(model_sd[k].shape)))
-    if missing or unexpected or mismatched:
-        name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture', type(model).__name__)
-        raise CheckpointError(_describe_mismatch(missing, unexpected, mismatched, name))
+    skip = ['head.fc.'] if skip_head else []
+    if 'patch_embed.proj.weight' in state_dict and state_dict['patch_embed.proj.weight'].shape[1] != model.in_chans:
+        skip.append('patch_embed.proj.weight')  # timm adapts the input conv to in_chans after this filter
+    name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture', type(model).__name__)
+    check_state_dict_fits(state_dict, model_sd, name, skip=skip, hint=(
+        "it was probably made for another variant (embed_dim, depths, classes, or a 1024/window-16 model "
+        "whose stage 3 has depthwise convs)"))
     return state_dict
 
 

@@ -30,7 +30,7 @@ from segmentation_models_pytorch.encoders import get_encoder
 
 from . import ade20k
 from . import iwin as _iwin  # noqa: F401  (registers the timm models used as encoders)
-from .checkpoint import CheckpointError, convert_mmseg_upernet, load_url, read_checkpoint
+from .checkpoint import CheckpointError, check_state_dict_fits, convert_mmseg_upernet, load_url, read_checkpoint
 
 __all__ = [
     "IwinUPerNet", "create_segmenter", "load_segmenter_weights", "SEGMENTERS",
@@ -241,33 +241,16 @@ def load_segmenter_weights(model: IwinUPerNet, checkpoint: dict | str) -> IwinUP
         sd = {k: v for k, v in sd.items() if not k.startswith(_CLASSIFIERS)}
         meta = {}
 
-    model_sd = model.state_dict()
-    missing = [k for k in model_sd if k not in sd and not (ckpt_classes != model.num_classes and k.startswith(_CLASSIFIERS))]
-    unexpected = [k for k in sd if k not in model_sd]
-    mismatched = [(k, tuple(v.shape), tuple(model_sd[k].shape)) for k, v in sd.items()
-                  if k in model_sd and v.shape != model_sd[k].shape]
-    if missing or unexpected or mismatched:
-        raise CheckpointError(_describe(missing, unexpected, mismatched, model.name))
-    model.load_state_dict(sd, strict=ckpt_classes == model.num_classes)
+    reinit = ckpt_classes != model.num_classes
+    check_state_dict_fits(sd, model.state_dict(), model.name, skip=_CLASSIFIERS if reinit else (),
+                          hint="it was probably made for another Iwin variant (tiny/small/base) or decoder width")
+    model.load_state_dict(sd, strict=not reinit)
 
     names = meta.get("CLASSES")
     if names is not None and len(names) == model.num_classes:
         model.class_names = list(names)
         model.palette = [list(c) for c in meta["PALETTE"]] if meta.get("PALETTE") is not None else model.palette
     return model
-
-
-def _describe(missing, unexpected, mismatched, name: str) -> str:
-    lines = [f"checkpoint does not fit {name}:"]
-    if mismatched:
-        k, got, want = mismatched[0]
-        lines.append(f"  {len(mismatched)} tensors have other shapes, e.g. {k}: checkpoint {got}, model {want}")
-    if missing:
-        lines.append(f"  {len(missing)} model tensors are missing, e.g. {', '.join(missing[:3])}")
-    if unexpected:
-        lines.append(f"  {len(unexpected)} checkpoint tensors are not in the model, e.g. {', '.join(unexpected[:3])}")
-    lines.append("  it was probably made for another Iwin variant (tiny/small/base) or decoder width")
-    return "\n".join(lines)
 
 
 def create_segmenter(
