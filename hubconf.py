@@ -1,0 +1,39 @@
+"""torch.hub entry points: ``torch.hub.load('<owner>/iwin', 'iwin_base_upernet_ade20k', trust_repo=True)``.
+
+Segmenters return an ``IwinUPerNet`` (smp model) with the authors' ADE20K weights; backbones return
+timm models (``features_only=True`` for the strides 4/8/16/32 feature maps).
+"""
+dependencies = ["torch", "timm", "segmentation_models_pytorch"]
+
+import timm as _timm  # noqa: E402
+
+import iwin_models as _iwin_models  # noqa: E402,F401  (registers the backbones with timm)
+from iwin_models.segmenter import (  # noqa: E402,F401
+    iwin_base_upernet_ade20k,
+    iwin_small_upernet_ade20k,
+    iwin_tiny_upernet_ade20k,
+)
+
+
+def _backbone(name: str, pretrained: bool, **kwargs):
+    return _timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def iwin_tiny(pretrained: bool = True, **kwargs):
+    """Iwin-T ImageNet-1K backbone (timm). kwargs go to ``timm.create_model`` (e.g. features_only=True)."""
+    return _backbone("iwin_tiny", pretrained, **kwargs)
+
+
+def iwin_small(pretrained: bool = True, **kwargs):
+    """Iwin-S ImageNet-1K backbone (timm). kwargs go to ``timm.create_model`` (e.g. features_only=True)."""
+    return _backbone("iwin_small", pretrained, **kwargs)
+
+
+def iwin_base(pretrained: bool = True, **kwargs):
+    """Iwin-B backbone (timm; default tag ImageNet-22K -> 1K). kwargs go to ``timm.create_model``."""
+    return _backbone("iwin_base", pretrained, **kwargs)
+
+
+def iwin_large(pretrained: bool = True, **kwargs):
+    """Iwin-L backbone (timm; ImageNet-22K -> 1K). kwargs go to ``timm.create_model``."""
+    return _backbone("iwin_large", pretrained, **kwargs)
