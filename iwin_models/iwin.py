@@ -156,15 +156,17 @@ class Downsample(nn.Module):
     before an unpadded convolution; both pads are folded into one here.
     """
 
-    def __init__(self, dim: int, out_dim: int | None = None, norm_layer: Callable = nn.LayerNorm):
+    def __init__(self, dim: int, out_dim: int | None = None, norm_layer: Callable = nn.LayerNorm, stride: int = 2):
         super().__init__()
         self.norm = norm_layer(dim)
-        self.conv = nn.Conv2d(dim, out_dim or 2 * dim, kernel_size=3, stride=2, padding=0)
+        # stride 1 (output_stride < 32, for DeepLab-style decoders) keeps the size with a centred 3x3
+        self.conv = nn.Conv2d(dim, out_dim or 2 * dim, kernel_size=3, stride=stride, padding=0 if stride == 2 else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, H, W, _ = x.shape
         x = self.norm(x).permute(0, 3, 1, 2)
-        x = F.pad(x, (0, 1 + W % 2, 0, 1 + H % 2))
+        if self.conv.stride[0] == 2:
+            x = F.pad(x, (0, 1 + W % 2, 0, 1 + H % 2))
         return self.conv(x).permute(0, 2, 3, 1)
 
 
@@ -198,12 +200,14 @@ class IwinStage(nn.Module):
             downsample: bool,
             use_dwconv: bool,
             drop_path: Sequence[float],
+            downsample_stride: int = 2,
             norm_layer: Callable = nn.LayerNorm,
             **block_kwargs,
     ):
         super().__init__()
         self.grad_checkpointing = False
-        self.downsample = Downsample(dim, out_dim, norm_layer=norm_layer) if downsample else nn.Identity()
+        self.downsample = (Downsample(dim, out_dim, norm_layer=norm_layer, stride=downsample_stride)
+                           if downsample else nn.Identity())
         self.blocks = nn.Sequential(*[
             IwinBlock(
                 out_dim, num_heads, window_size=window_size, use_dwconv=use_dwconv,
@@ -218,14 +222,15 @@ class IwinStage(nn.Module):
         return self.blocks(x)
 
 
-def default_dwconv_stages(img_size: int, window_size: int, patch_size: int = 4, num_stages: int = 4):
+def default_dwconv_stages(img_size: int | Sequence[int], window_size: int, patch_size: int = 4, num_stages: int = 4):
     """Which stages have a depthwise conv, as the official classifier decides it.
 
     A classification block has one only when its map at the training resolution is larger than
     the window (stage 3 has none at 224/window 7, but has one at 1024/window 16). The decision
     belongs to the architecture (the weights), not to the window the model runs with.
     """
-    grid = img_size // patch_size
+    grid = max(img_size) if isinstance(img_size, (tuple, list)) else img_size
+    grid //= patch_size
     return tuple(grid // 2 ** i > window_size for i in range(num_stages))
 
 
@@ -247,6 +252,8 @@ class IwinTransformer(nn.Module):
         num_heads: attention heads per stage (not part of the weights: Iwin-S uses 3,4,8,16 in the
             ImageNet models and 3,6,12,24 in the ADE20K models).
         window_size: interleaved-window size; any value runs with the same weights.
+        output_stride: 32, or 16 / 8 for dense heads (DeepLab): the last one or two downsamplers keep
+            the resolution (stride 1, same weights).
         dwconv_stages: per stage, whether blocks have the depthwise conv (see
             :func:`default_dwconv_stages`).
         stage_norms: add one LayerNorm per stage output (the segmentation backbone's ``norm0..3``),
@@ -266,6 +273,7 @@ class IwinTransformer(nn.Module):
             depths: Sequence[int] = (2, 2, 6, 2),
             num_heads: Sequence[int] = (3, 6, 12, 24),
             window_size: int = 7,
+            output_stride: int = 32,
             dwconv_stages: Sequence[bool] | None = None,
             stage_norms: bool = False,
             mlp_ratio: float = 4.,
@@ -284,6 +292,8 @@ class IwinTransformer(nn.Module):
             raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} differ in length")
         if not isinstance(window_size, int) or window_size < 1:
             raise ValueError(f"window_size must be a positive int, got {window_size!r}")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         if dwconv_stages is None:
             dwconv_stages = default_dwconv_stages(img_size, window_size, patch_size, num_stages)
         self.num_classes = num_classes
@@ -298,8 +308,11 @@ class IwinTransformer(nn.Module):
         dpr = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]
         stages = []
         self.feature_info = []
+        reduction = patch_size
         for i in range(num_stages):
             first = sum(depths[:i])
+            stride = 2 if i > 0 and reduction < output_stride else 1
+            reduction *= stride if i > 0 else 1
             stages.append(IwinStage(
                 dim=self.dims[max(i - 1, 0)],
                 out_dim=self.dims[i],
@@ -307,6 +320,7 @@ class IwinTransformer(nn.Module):
                 num_heads=num_heads[i],
                 window_size=window_size,
                 downsample=i > 0,
+                downsample_stride=stride,
                 use_dwconv=bool(dwconv_stages[i]),
                 drop_path=dpr[first:first + depths[i]],
                 norm_layer=norm_layer,
@@ -316,7 +330,7 @@ class IwinTransformer(nn.Module):
                 attn_drop=attn_drop_rate,
                 act_layer=act_layer,
             ))
-            self.feature_info.append(dict(num_chs=self.dims[i], reduction=patch_size * 2 ** i, module=f'layers.{i}'))
+            self.feature_info.append(dict(num_chs=self.dims[i], reduction=reduction, module=f'layers.{i}'))
         self.layers = nn.Sequential(*stages)
         self.stage_norms = nn.ModuleList([norm_layer(d) for d in self.dims]) if stage_norms else None
 

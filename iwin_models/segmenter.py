@@ -56,8 +56,9 @@ SEGMENTERS = {
 class PoolSafeBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm that normalises a lone value per channel with the running statistics.
 
-    The PSP branch pools to 1x1; with batch size 1 in training each channel then holds one value,
-    which has no variance, and plain BatchNorm raises. mmseg avoided it with SyncBN over 8 GPUs.
+    The PSP branch pools to 1x1 (and a tiny image gives 1x1 maps everywhere); with batch size 1 in
+    training a channel then holds one value, which has no variance, and plain BatchNorm raises.
+    mmseg avoided it with SyncBN over 8 GPUs.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,24 +152,29 @@ class IwinUPerNet(SegmentationModel):
         self.decoder = UPerNetDecoder(self.encoder.out_channels, encoder_depth=5, decoder_channels=decoder_channels)
         # The backbone's own norm0..3 already normalised the features (see the module docstring).
         self.decoder.feature_norms = nn.ModuleList([nn.Identity() for _ in stage_channels])
-        _pool_safe_batchnorms(self.decoder)
         self.segmentation_head = ResizeToInputHead(decoder_channels, classes, dropout)
         self.auxiliary_head = FCNHead(stage_channels[2], classes, aux_channels, dropout) if aux_channels else None
+        _pool_safe_batchnorms(self)
         self.classification_head = None
         self.num_classes = classes
-        self.class_names = list(class_names) if class_names is not None else None
-        self.palette = [list(c) for c in palette] if palette is not None else None
+        self.set_class_info(class_names, palette)
         self.name = f"upernet-{encoder_name}"
         self.initialize()
         if self.auxiliary_head is not None:
             smp.base.initialization.initialize_decoder(self.auxiliary_head)
 
     def check_input_shape(self, x):
+        """Any size is fine (Iwin pads); reject what would give a silent wrong answer instead."""
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
             raise ValueError(f"expected an image batch (B, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+        if not x.is_floating_point():
+            raise TypeError(f"expected a float (normalised) image tensor, got dtype {x.dtype}")
+        if not torch.isfinite(x).all():
+            raise ValueError("the input holds NaN or Inf values")
 
     def forward(self, x: torch.Tensor, return_aux: bool = False):
-        self.check_input_shape(x)
+        if not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()):
+            self.check_input_shape(x)
         features = self.encoder(x)
         logits = self.segmentation_head(self.decoder(features), x.shape[-2:])
         if not return_aux:
@@ -190,9 +196,16 @@ class IwinUPerNet(SegmentationModel):
             head.conv_seg = nn.Conv2d(head.conv_seg.in_channels, classes, kernel_size=1, device=device)
             smp.base.initialization.initialize_head(head.conv_seg)
         self.num_classes = classes
+        self._hub_mixin_config["classes"] = classes
+        self.set_class_info(class_names, None)
+
+    def set_class_info(self, class_names: Sequence[str] | None, palette: Sequence[Sequence[int]] | None):
+        """Class names and colours kept with the model (and in ``config.json`` by ``save_pretrained``)."""
         self.class_names = list(class_names) if class_names is not None else None
-        self.palette = None
-        self._hub_mixin_config.update(classes=classes, class_names=self.class_names, palette=None)
+        self.palette = [list(map(int, c)) for c in palette] if palette is not None else None
+        config = getattr(self, "_hub_mixin_config", None)
+        if config is not None:
+            config.update(class_names=self.class_names, palette=self.palette)
 
 
 # let smp.from_pretrained(<folder or hub repo>) find our class by name (it looks in smp's namespace)
@@ -248,8 +261,7 @@ def load_segmenter_weights(model: IwinUPerNet, checkpoint: dict | str) -> IwinUP
 
     names = meta.get("CLASSES")
     if names is not None and len(names) == model.num_classes:
-        model.class_names = list(names)
-        model.palette = [list(c) for c in meta["PALETTE"]] if meta.get("PALETTE") is not None else model.palette
+        model.set_class_info(names, meta.get("PALETTE") or model.palette)
     return model
 
 
