@@ -53,12 +53,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = _weights_only_load(path)
     except pickle.UnpicklingError as e:
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             raise CheckpointError(
-                f"{path} holds Python objects that a weights-only load refuses to build (loading them "
-                f"could run code). If you trust the file, allow-list the types it names with "
+                f"{path} holds Python objects that a weights-only load refuses to build (building them could "
+                f"run code). If you trust the file, allow-list the types it names with "
                 f"torch.serialization.add_safe_globals([...]) and load again. Details: {e}") from e
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({e})") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
@@ -68,6 +68,42 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path} does not hold a checkpoint dict (found {type(checkpoint).__name__})")
     return checkpoint
+
+
+def _numpy_data_types() -> dict[str, object]:
+    """numpy's array/scalar reconstructors and dtypes: they rebuild data, never call user code.
+
+    Training frameworks sometimes leave numpy values in a checkpoint's ``meta`` (a palette array, a
+    best score); a weights-only load refuses them unless allow-listed. We allow these and nothing else.
+    """
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    types = {
+        "numpy.core.multiarray._reconstruct": core.multiarray._reconstruct,
+        "numpy._core.multiarray._reconstruct": core.multiarray._reconstruct,
+        "numpy.core.multiarray.scalar": core.multiarray.scalar,
+        "numpy._core.multiarray.scalar": core.multiarray.scalar,
+        "numpy.ndarray": np.ndarray,
+        "numpy.dtype": np.dtype,
+    }
+    for name in dir(np.dtypes):
+        if name.endswith("DType"):
+            types[f"numpy.dtypes.{name}"] = getattr(np.dtypes, name)
+    return types
+
+
+def _weights_only_load(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        refused = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        allowed = _numpy_data_types()
+        if not refused or not all(g in allowed for g in refused):
+            raise
+        # the dtype classes (numpy.dtypes.*) are not reported by the scan, so allow the whole data-only list
+        with torch.serialization.safe_globals(list({id(t): t for t in allowed.values()}.values())):
+            return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _read_safetensors(path: Path) -> dict:

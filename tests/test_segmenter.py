@@ -389,3 +389,13 @@ def test_no_warnings_building_pretrained_mini(golden):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_segmenter_weights(mini_segmenter(), str(golden["upernet_ckpt"]))
+
+
+def test_numpy_values_in_meta_load_safely(golden, tmp_path):
+    """mmseg may leave numpy values in ``meta``: allow-listed data types, still weights-only."""
+    ckpt = torch.load(golden["upernet_ckpt"], weights_only=True)
+    ckpt["meta"]["PALETTE"] = np.array(ckpt["meta"]["PALETTE"], dtype=np.int64)
+    ckpt["meta"]["best_score"] = np.float64(0.447)
+    torch.save(ckpt, tmp_path / "numpy_meta.pth")
+    model = load_segmenter_weights(mini_segmenter(), str(tmp_path / "numpy_meta.pth"))
+    assert model.palette[0] == list(ckpt["meta"]["PALETTE"][0])
