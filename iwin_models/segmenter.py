@@ -261,7 +261,8 @@ def load_segmenter_weights(model: IwinUPerNet, checkpoint: dict | str) -> IwinUP
 
     names = meta.get("CLASSES")
     if names is not None and len(names) == model.num_classes:
-        model.set_class_info(names, meta.get("PALETTE") or model.palette)
+        palette = meta.get("PALETTE")
+        model.set_class_info(names, palette if palette is not None else model.palette)
     return model
 
 
