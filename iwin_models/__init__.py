@@ -6,6 +6,17 @@ __version__ = "0.1.0"
 
 from . import iwin  # noqa: F401  (registers the timm models)
 from .checkpoint import CheckpointError
+from .inference import segment
 from .iwin import IwinTransformer
+from .segmenter import (
+    IwinUPerNet,
+    create_segmenter,
+    iwin_base_upernet_ade20k,
+    iwin_small_upernet_ade20k,
+    iwin_tiny_upernet_ade20k,
+)
 
-__all__ = ["IwinTransformer", "CheckpointError", "__version__"]
+__all__ = [
+    "IwinTransformer", "IwinUPerNet", "CheckpointError", "create_segmenter", "segment",
+    "iwin_tiny_upernet_ade20k", "iwin_small_upernet_ade20k", "iwin_base_upernet_ade20k", "__version__",
+]

@@ -1,4 +1,4 @@
-"""``iwin-seg``: segment images, evaluate and train on ADE20K, count FLOPs, convert and export.
+"""iwin-seg: segment images, evaluate and train on ADE20K, count FLOPs, convert and export.
 
 Each command's options and work live in the module of its concern; this file only dispatches.
 Errors the user can fix (bad paths, bad checkpoints, bad arguments) are printed as one line and
