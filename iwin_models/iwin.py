@@ -635,9 +635,13 @@ _ARCHS = {
 }
 
 
-def _build(size: str, variant: str, pretrained: bool, img_size: int = 224, window_size: int = 7, **kwargs):
-    # Which stages have a depthwise conv is fixed by the registered resolution and window (it is
-    # part of the weights); a window_size passed by the user only changes how the model runs.
+def _build(size: str, variant: str, pretrained: bool, arch_res: tuple[int, int] = (224, 7), **kwargs):
+    """Build ``variant`` of size ``size`` registered at (resolution, window) ``arch_res``.
+
+    Which stages have a depthwise conv is fixed by the registered resolution and window (it is part
+    of the weights); ``img_size`` or ``window_size`` passed by the user only change how it runs.
+    """
+    img_size, window_size = arch_res
     args = dict(_ARCHS[size], img_size=img_size, window_size=window_size,
                 dwconv_stages=default_dwconv_stages(img_size, window_size))
     return _create_iwin(variant, pretrained, **dict(args, **kwargs))
@@ -658,19 +662,19 @@ def iwin_small(pretrained: bool = False, **kwargs) -> IwinTransformer:
 @register_model
 def iwin_small_patch4_window12_384(pretrained: bool = False, **kwargs) -> IwinTransformer:
     """Iwin-S fine-tuned at 384, window 12."""
-    return _build('small', 'iwin_small_patch4_window12_384', pretrained, 384, 12, **kwargs)
+    return _build('small', 'iwin_small_patch4_window12_384', pretrained, (384, 12), **kwargs)
 
 
 @register_model
 def iwin_small_patch4_window16_512(pretrained: bool = False, **kwargs) -> IwinTransformer:
     """Iwin-S fine-tuned at 512, window 16."""
-    return _build('small', 'iwin_small_patch4_window16_512', pretrained, 512, 16, **kwargs)
+    return _build('small', 'iwin_small_patch4_window16_512', pretrained, (512, 16), **kwargs)
 
 
 @register_model
 def iwin_small_patch4_window16_1024(pretrained: bool = False, **kwargs) -> IwinTransformer:
     """Iwin-S fine-tuned at 1024, window 16 (stage 3 has a depthwise conv)."""
-    return _build('small', 'iwin_small_patch4_window16_1024', pretrained, 1024, 16, **kwargs)
+    return _build('small', 'iwin_small_patch4_window16_1024', pretrained, (1024, 16), **kwargs)
 
 
 @register_model
@@ -682,19 +686,19 @@ def iwin_base(pretrained: bool = False, **kwargs) -> IwinTransformer:
 @register_model
 def iwin_base_patch4_window12_384(pretrained: bool = False, **kwargs) -> IwinTransformer:
     """Iwin-B at 384, window 12."""
-    return _build('base', 'iwin_base_patch4_window12_384', pretrained, 384, 12, **kwargs)
+    return _build('base', 'iwin_base_patch4_window12_384', pretrained, (384, 12), **kwargs)
 
 
 @register_model
 def iwin_base_patch4_window16_512(pretrained: bool = False, **kwargs) -> IwinTransformer:
     """Iwin-B at 512, window 16."""
-    return _build('base', 'iwin_base_patch4_window16_512', pretrained, 512, 16, **kwargs)
+    return _build('base', 'iwin_base_patch4_window16_512', pretrained, (512, 16), **kwargs)
 
 
 @register_model
 def iwin_base_patch4_window16_1024(pretrained: bool = False, **kwargs) -> IwinTransformer:
     """Iwin-B at 1024, window 16 (stage 3 has a depthwise conv)."""
-    return _build('base', 'iwin_base_patch4_window16_1024', pretrained, 1024, 16, **kwargs)
+    return _build('base', 'iwin_base_patch4_window16_1024', pretrained, (1024, 16), **kwargs)
 
 
 @register_model
@@ -706,4 +710,4 @@ def iwin_large(pretrained: bool = False, **kwargs) -> IwinTransformer:
 @register_model
 def iwin_large_patch4_window12_384(pretrained: bool = False, **kwargs) -> IwinTransformer:
     """Iwin-L at 384, window 12, ImageNet-22K pretrained."""
-    return _build('large', 'iwin_large_patch4_window12_384', pretrained, 384, 12, **kwargs)
+    return _build('large', 'iwin_large_patch4_window12_384', pretrained, (384, 12), **kwargs)
