@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -15,8 +16,8 @@ from urllib.parse import urlparse
 import torch
 
 __all__ = [
-    "CheckpointError", "check_state_dict_fits", "unwrap_state_dict", "read_checkpoint", "cached_path_for_url", "load_url",
-    "convert_mmseg_upernet",
+    "CheckpointError", "check_state_dict_fits", "unwrap_state_dict", "read_checkpoint", "cached_path_for_url",
+    "load_url", "convert_mmseg_upernet",
 ]
 
 
@@ -55,13 +56,17 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         checkpoint = _weights_only_load(path)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        # torch words every refusal "Weights only load failed"; only a named global means code objects
+        refused = re.findall(r"(?:Unsupported global: GLOBAL |unsupported GLOBAL |but got <class ')([\w.]+)", str(e))
+        if refused:
             raise CheckpointError(
-                f"{path} holds Python objects that a weights-only load refuses to build (building them could "
-                f"run code). If you trust the file, allow-list the types it names with "
-                f"torch.serialization.add_safe_globals([...]) and load again. Details: {e}") from e
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({e})") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+                f"{path} holds Python objects that a weights-only load refuses to build ({', '.join(refused)}); "
+                f"building them could run code. If you trust the file, allow-list those types with "
+                f"torch.serialization.add_safe_globals([...])") from e
+        reason = next((line for line in str(e).splitlines() if "rror" in line), "unpickling failed")
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({reason.strip()})") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as e:
+        # torch raises many types for damaged files (IndexError for some garbage pickles)
         raise CheckpointError(
             f"{path} could not be read as a PyTorch checkpoint; it is probably truncated or corrupt "
             f"({type(e).__name__}: {e})") from e
@@ -96,8 +101,11 @@ def _numpy_data_types() -> dict[str, object]:
 def _weights_only_load(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        refused = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except pickle.UnpicklingError as error:
+        try:
+            refused = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except ValueError:  # the scan reads only zip (new-style) files; keep the original refusal
+            raise error from None
         allowed = _numpy_data_types()
         if not refused or not all(g in allowed for g in refused):
             raise
@@ -143,7 +151,7 @@ def load_url(url: str, progress: bool = True) -> dict:
     try:
         return read_checkpoint(cached)
     except CheckpointError as e:
-        raise CheckpointError(f"{e}\nThe cached download {cached} is damaged: delete it and try again.") from e
+        raise CheckpointError(f"{e}. The cached download {cached} is damaged: delete it and try again.") from e
 
 
 def check_state_dict_fits(state_dict: dict, model_state: dict, model_name: str, hint: str, skip=()) -> None:
@@ -152,7 +160,8 @@ def check_state_dict_fits(state_dict: dict, model_state: dict, model_name: str, 
     missing = [k for k in model_state if k not in state_dict and not k.startswith(tuple(skip))]
     unexpected = [k for k in state_dict if k not in model_state]
     mismatched = [(k, tuple(v.shape), tuple(model_state[k].shape)) for k, v in state_dict.items()
-                  if k in model_state and tuple(v.shape) != tuple(model_state[k].shape) and not k.startswith(tuple(skip))]
+                  if k in model_state and tuple(v.shape) != tuple(model_state[k].shape)
+                  and not k.startswith(tuple(skip))]
     if not (missing or unexpected or mismatched):
         return
     lines = [f"checkpoint does not fit {model_name}:"]

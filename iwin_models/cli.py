@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return importlib.import_module(args._module).run(args) or 0
     except (CheckpointError, FileNotFoundError, ValueError, TypeError, OSError) as e:
-        print(f"iwin-seg {args.command}: error: {e}", file=sys.stderr)
+        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line
+        print(f"iwin-seg {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -43,7 +43,8 @@ def convert_backbone(source: str, arch: str, out_dir: str | Path) -> Path:
 def add_arguments(parser) -> None:
     parser.add_argument("checkpoint", help="official .pth (ADE20K mmseg or ImageNet) file or URL")
     parser.add_argument("--model", required=True,
-                        help="segmenter name (iwin_tiny_upernet_ade20k, ...) or timm backbone (iwin_tiny, iwin_base.in22k, ...)")
+                        help="segmenter name (iwin_tiny_upernet_ade20k, ...) or timm backbone "
+                             "(iwin_tiny, iwin_base.in22k, ...)")
     parser.add_argument("--out", required=True, help="output folder")
 
 

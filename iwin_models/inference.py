@@ -40,16 +40,22 @@ def load_image(source) -> np.ndarray:
         try:
             with Image.open(path) as img:
                 img.load()
-                return _pil_to_rgb(ImageOps.exif_transpose(img))
+                return _checked(_pil_to_rgb(ImageOps.exif_transpose(img)))
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
             raise ValueError(f"{path} is not a readable image ({e})") from e
     if isinstance(source, Image.Image):
-        return _pil_to_rgb(source)
+        return _checked(_pil_to_rgb(source))
     if isinstance(source, torch.Tensor):
         source = source.detach().cpu().numpy()
     if isinstance(source, np.ndarray):
-        return _array_to_rgb(source)
+        return _checked(_array_to_rgb(source))
     raise TypeError(f"expected an image path, PIL image or HxWx3 uint8 array, got {type(source).__name__}")
+
+
+def _checked(image: np.ndarray) -> np.ndarray:
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"empty image (size {image.shape[1]}x{image.shape[0]})")
+    return image
 
 
 def _pil_to_rgb(img: Image.Image) -> np.ndarray:
@@ -235,8 +241,12 @@ def add_arguments(parser) -> None:
 
 def load_model(name: str, weights: str | None = None, device: str = "cpu"):
     """A segmenter by registered name, or from a ``save_pretrained`` folder; ``weights`` overrides."""
-    from .segmenter import SEGMENTERS, IwinUPerNet, create_segmenter
+    from .segmenter import SEGMENTERS, IwinUPerNet, create_segmenter, load_segmenter_weights
 
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"bad device {device!r}: {e}") from None
     if name in SEGMENTERS:
         if weights is not None and Path(weights).is_dir():
             model = IwinUPerNet.from_pretrained(weights)
@@ -244,6 +254,8 @@ def load_model(name: str, weights: str | None = None, device: str = "cpu"):
             model = create_segmenter(name, pretrained=True, weights=weights)
     elif Path(name).is_dir():
         model = IwinUPerNet.from_pretrained(name)
+        if weights is not None:  # the folder gives the architecture, --weights the tensors
+            load_segmenter_weights(model, weights)
     else:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(SEGMENTERS)} or a save_pretrained folder")
     return model.to(device).eval()
@@ -278,6 +290,7 @@ def run(args) -> int:
         labels = segment(model, image, aug=args.aug, slide=args.slide, dtype=_DTYPES[args.dtype])
         overlay(image, labels, names, palette).save(out / f"{path.stem}_overlay.png")
         # raw label map: class index per pixel (uint8 holds up to 256 classes)
-        Image.fromarray(labels.astype(np.uint8 if labels.max() < 256 else np.uint16)).save(out / f"{path.stem}_labels.png")
+        label_image = Image.fromarray(labels.astype(np.uint8 if labels.max() < 256 else np.uint16))
+        label_image.save(out / f"{path.stem}_labels.png")
         print(f"{path} -> {out / (path.stem + '_overlay.png')}, {out / (path.stem + '_labels.png')}")
     return 0

@@ -246,7 +246,8 @@ def load_segmenter_weights(model: IwinUPerNet, checkpoint: dict | str) -> IwinUP
     sd, meta = _segmenter_state_dict(checkpoint)
     if model.auxiliary_head is None:
         sd = {k: v for k, v in sd.items() if not k.startswith("auxiliary_head.")}
-    ckpt_classes = sd["segmentation_head.conv_seg.weight"].shape[0] if "segmentation_head.conv_seg.weight" in sd else None
+    classifier = sd.get("segmentation_head.conv_seg.weight")
+    ckpt_classes = classifier.shape[0] if classifier is not None else None
     if ckpt_classes is not None and ckpt_classes != model.num_classes:
         warnings.warn(
             f"the checkpoint has {ckpt_classes} classes and the model {model.num_classes}: its body is loaded and "

@@ -1,0 +1,315 @@
+"""Training: learning on a synthetic data set, exact resume after SIGKILL, atomic checkpoints, the
+fine-tuning example, AdamW groups and the lr schedule."""
+from __future__ import annotations
+
+import errno
+import io
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from iwin_models import training
+from iwin_models.segmenter import IwinUPerNet
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["background", "square", "disc", "triangle"]
+COLOURS = {1: (220, 40, 40), 2: (40, 200, 60), 3: (40, 60, 220)}
+TINY = dict(encoder_name="iwin_tiny", encoder_kwargs=dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8),
+                                                          drop_path_rate=0.1),
+            decoder_channels=64, aux_channels=32, classes=len(CLASSES))
+
+
+def _shapes_image(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy two-tone background with up to three coloured shapes; the label map is exact."""
+    yy, xx = np.mgrid[:size, :size]
+    base = rng.integers(90, 170, size=3)
+    image = base + (xx[..., None] / size * rng.integers(-40, 40, size=3))
+    label = np.zeros((size, size), np.uint8)
+    for cls in rng.permutation([1, 2, 3])[:rng.integers(1, 4)]:
+        r = rng.integers(8, 16)
+        cy, cx = rng.integers(r, size - r, size=2)
+        if cls == 1:
+            mask = (abs(yy - cy) <= r) & (abs(xx - cx) <= r)
+        elif cls == 2:
+            mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        else:
+            mask = (yy >= cy - r) & (yy <= cy + r) & (abs(xx - cx) <= (yy - (cy - r)) / 2)
+        image[mask] = COLOURS[cls]
+        label[mask] = cls
+    image = image + rng.normal(0, 12, size=image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), label
+
+
+def _write_set(folder: Path, n: int, seed: int) -> tuple[Path, Path]:
+    rng = np.random.default_rng(seed)
+    images, labels = folder / "images", folder / "labels"
+    images.mkdir(parents=True)
+    labels.mkdir()
+    for i in range(n):
+        image, label = _shapes_image(rng)
+        Image.fromarray(image).save(images / f"{i:03d}.png")
+        Image.fromarray(label).save(labels / f"{i:03d}.png")
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("shapes")
+    train_images, train_labels = _write_set(root / "train", 16, seed=0)
+    val_images, val_labels = _write_set(root / "val", 8, seed=1)
+    return dict(images=train_images, labels=train_labels, val_images=val_images, val_labels=val_labels)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    IwinUPerNet(**TINY).save_pretrained(folder)
+    return folder
+
+
+def _train_args(shapes, model: Path, work_dir: Path, *extra: str) -> list[str]:
+    return ["--model", str(model), "--images", str(shapes["images"]), "--labels", str(shapes["labels"]),
+            "--class-names", ",".join(CLASSES), "--crop-size", "64", "--scale", "64", "64",
+            "--batch-size", "2", "--workers", "0", "--val-interval", "0", "--no-progress",
+            "--work-dir", str(work_dir), *extra]
+
+
+def _miou(model, images: Path, labels: Path) -> tuple[float, float]:
+    """(mIoU of the model, chance: the better of always-majority and uniform random guessing)."""
+    from iwin_models.ade20k import MEAN, STD
+
+    n = len(CLASSES)
+    inter, union, counts = np.zeros(n), np.zeros(n), np.zeros(n)
+    model.eval()
+    for path in sorted(images.iterdir()):
+        image = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).astype(np.float32))
+        label = np.asarray(Image.open(labels / path.name)).astype(np.int64)
+        x = ((image - torch.tensor(MEAN)) / torch.tensor(STD)).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            pred = model(x).argmax(1)[0].numpy()
+        for c in range(n):
+            inter[c] += ((pred == c) & (label == c)).sum()
+            union[c] += ((pred == c) | (label == c)).sum()
+            counts[c] += (label == c).sum()
+    p = counts / counts.sum()
+    majority = p.max() / n
+    uniform = np.mean(p / n / (p + 1 / n - p / n))
+    return float(np.mean(inter / np.maximum(union, 1))), float(max(majority, uniform))
+
+
+# (a) ---------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_training_learns_the_shapes(shapes, tiny_folder, tmp_path, capsys):
+    steps = 200
+    work = tmp_path / "run"
+    rc = training.main(_train_args(shapes, tiny_folder, work, "--iters", str(steps), "--lr", "1e-3",
+                                   "--warmup-iters", "20", "--batch-size", "4", "--checkpoint-interval", "0",
+                                   "--val-interval", str(steps), "--val-images", str(shapes["val_images"]),
+                                   "--val-labels", str(shapes["val_labels"]), "--val-scale", "64", "64"))
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    model = IwinUPerNet.from_pretrained(work / "final")
+    assert model.class_names == CLASSES
+    miou, chance = _miou(model, shapes["val_images"], shapes["val_labels"])
+    print(f"\nsynthetic shapes after {steps} CPU steps: val mIoU {miou:.3f} vs chance {chance:.3f}")
+    with capsys.disabled():
+        print(f"\n[test_training] mIoU {miou:.3f} after {steps} steps (chance {chance:.3f})")
+    assert miou > 2 * chance, (miou, chance)
+    assert "validation at iteration 200: mIoU" in out
+
+
+# (b) ---------------------------------------------------------------------------------------------
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, str(REPO / "examples" / "train_ade20k.py"), *args]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bit_identical(shapes, tiny_folder, tmp_path):
+    iters, every = 12, 4
+    common = ["--iters", str(iters), "--checkpoint-interval", str(every), "--lr", "1e-3", "--warmup-iters", "3",
+              "--deterministic", "--seed", "3"]
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+
+    unbroken = tmp_path / "unbroken"
+    subprocess.run(_command(*_train_args(shapes, tiny_folder, unbroken, *common)), check=True, env=env,
+                   stdout=subprocess.DEVNULL, timeout=300)
+
+    broken = tmp_path / "broken"
+    proc = subprocess.Popen(_command(*_train_args(shapes, tiny_folder, broken, *common)), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + 300
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(f"checkpoint: iteration {every} "):
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            assert time.monotonic() < deadline, "".join(lines)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "".join(lines)
+    killed_at = torch.load(broken / "latest.pth", weights_only=True)["iteration"]
+    assert every <= killed_at < iters and not (broken / "final").exists()
+
+    resumed = subprocess.run(_command(*_train_args(shapes, tiny_folder, broken, *common, "--resume")), env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resumed from {broken / 'latest.pth'} at iteration {killed_at}" in resumed.stdout
+
+    a = torch.load(unbroken / "latest.pth", weights_only=True)
+    b = torch.load(broken / "latest.pth", weights_only=True)
+    assert a["iteration"] == b["iteration"] == iters
+    assert a["model"].keys() == b["model"].keys()
+    different = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
+    final_a = IwinUPerNet.from_pretrained(unbroken / "final").state_dict()
+    final_b = IwinUPerNet.from_pretrained(broken / "final").state_dict()
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    print(f"\nresume after SIGKILL at iteration {killed_at} of {iters}: {len(a['model'])} tensors bit-identical")
+
+
+# (c) ---------------------------------------------------------------------------------------------
+
+def test_full_disk_keeps_the_previous_checkpoint(shapes, tiny_folder, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "run"
+    real_save = torch.save
+    before = {}
+
+    def failing_save(obj, f, *args, **kwargs):
+        if "iteration" in obj and obj["iteration"] == 2:
+            return real_save(obj, f, *args, **kwargs)
+        before["bytes"] = (work / "latest.pth").read_bytes()
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        f.write(buffer.getvalue()[:len(buffer.getvalue()) // 2])  # half written, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    rc = training.main(_train_args(shapes, tiny_folder, work, "--iters", "4", "--checkpoint-interval", "2"))
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "could not write checkpoint" in err and "No space left on device" in err and "intact" in err
+    assert (work / "latest.pth").read_bytes() == before["bytes"]
+    checkpoint = training.load_checkpoint(work / "latest.pth")
+    assert checkpoint["iteration"] == 2
+    assert sorted(p.name for p in work.iterdir()) == ["latest.pth", "train.log"]  # no temporary files
+
+    # a failure at fsync (delayed allocation) is handled the same way
+    monkeypatch.setattr(torch, "save", real_save)
+
+    def failing_fsync(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="intact") as info:
+        training.save_checkpoint({"x": torch.ones(3)}, work / "latest.pth")
+    assert info.value.errno == errno.ENOSPC
+    assert (work / "latest.pth").read_bytes() == before["bytes"]
+    assert sorted(p.name for p in work.iterdir()) == ["latest.pth", "train.log"]
+
+
+# (d) ---------------------------------------------------------------------------------------------
+
+def test_finetune_example_runs(tmp_path):
+    out = tmp_path / "finetuned"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "finetune_own_loop.py"), "--tiny", "--no-pretrained",
+         "--steps", "3", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    model = IwinUPerNet.from_pretrained(out).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, 48, 40))
+    assert logits.shape == (1, model.num_classes, 48, 40)
+
+
+# (e) ---------------------------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")
+def test_param_groups_and_lr_schedule():
+    model = IwinUPerNet(**TINY)
+    optimizer = training.build_optimizer(model)
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert optimizer.defaults["betas"] == (0.9, 0.999) and optimizer.defaults["lr"] == 6e-5
+    free = {id(p) for p in no_decay["params"]}
+    norms = (torch.nn.LayerNorm, torch.nn.BatchNorm2d)
+    for module_name, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            if isinstance(module, norms) or name == "bias" or p.ndim <= 1:
+                assert id(p) in free, f"{module_name}.{name} is decayed"
+            else:
+                assert id(p) not in free, f"{module_name}.{name} is not decayed"
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+
+    iters, warmup, base = 160000, 1500, 6e-5
+    scheduler = training.build_scheduler(optimizer, iters)
+    lrs = {0: optimizer.param_groups[0]["lr"]}
+    for t in range(1, warmup + 1):
+        scheduler.step()
+        if t in (750, warmup):
+            lrs[t] = optimizer.param_groups[0]["lr"]
+    assert math.isclose(lrs[0], base * 1e-6, rel_tol=1e-9)
+    poly750 = 1 - 750 / iters
+    assert math.isclose(lrs[750], base * poly750 * (1 - 0.5 * (1 - 1e-6)), rel_tol=1e-9)
+    assert math.isclose(lrs[warmup], base * (1 - warmup / iters), rel_tol=1e-9)
+    assert all(g["lr"] == lrs[warmup] for g in optimizer.param_groups)
+    assert training.lr_factor(iters, iters) == 0.0
+    assert math.isclose(training.lr_factor(iters - 1, iters), 1 / iters, rel_tol=1e-9)
+
+    short = training.build_scheduler(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=base), 2000)
+    for _ in range(2000):
+        short.step()
+    assert short.get_last_lr() == [0.0]
+
+
+def test_sampler_resumes_mid_epoch_and_shards():
+    full = training.InfiniteSampler(10, seed=5, world_size=1)
+    stream = [next(it) for it in [iter(full)] for _ in range(25)]
+    again = iter(training.InfiniteSampler(10, seed=5, start=13))
+    assert [next(again) for _ in range(12)] == stream[13:]
+    assert sorted(i for i, _ in stream[:10]) == list(range(10))
+    shards = [training.InfiniteSampler(5, seed=1, rank=r, world_size=2) for r in range(2)]
+    first = [i for s in shards for i in s.epoch_order(0)]
+    assert len(first) == 6 and set(first) == set(range(5))
+    assert full.position(23) == dict(seed=5, epoch=2, position=3, consumed=23)
+
+
+@pytest.mark.slow
+def test_two_processes_with_torchrun(shapes, tiny_folder, tmp_path):
+    work = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "examples" / "train_ade20k.py"),
+           *_train_args(shapes, tiny_folder, work, "--iters", "4", "--checkpoint-interval", "2")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun did not finish:\n{out}\n{err}")
+    assert proc.returncode == 0, out + err
+    assert "2 process(es) x batch 2" in out and out.count("done: 4 iterations") == 1
+    checkpoint = training.load_checkpoint(work / "latest.pth")
+    assert checkpoint["iteration"] == 4 and checkpoint["world_size"] == 2 and len(checkpoint["rng"]) == 2
+    assert not torch.equal(checkpoint["rng"][0]["torch"], checkpoint["rng"][1]["torch"])
+    final = IwinUPerNet.from_pretrained(work / "final").state_dict()
+    assert all(torch.equal(final[k], checkpoint["model"][k]) for k in final)
