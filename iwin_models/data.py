@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from . import ade20k
 
@@ -41,26 +41,12 @@ _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 # --- reading files --------------------------------------------------------------------------------
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    if img.mode in _SIXTEEN_BIT:  # 16-bit grey: scale to 8 bits rather than clip
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    return np.array(img.convert("RGB"))  # a writable copy (np.asarray of a PIL image is read-only)
-
-
 def read_image(path: str | Path, exif: bool = True) -> np.ndarray:
     """RGB uint8 array (H, W, 3) of an image file; grey, RGBA, palette and 16-bit images are converted
-    and (with ``exif``) the EXIF orientation is applied."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such image file: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return _to_rgb(ImageOps.exif_transpose(img) if exif else img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{path} is not a readable image ({e})") from e
+    and (with ``exif``) the EXIF orientation is applied (see :func:`iwin_models.inference.load_image`)."""
+    from .inference import load_image
+
+    return load_image(Path(path), exif=exif)
 
 
 def read_label(path: str | Path) -> np.ndarray:

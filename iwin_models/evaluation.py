@@ -281,14 +281,19 @@ def add_arguments(parser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _init_distributed(device_arg: str | None) -> tuple[torch.device, bool]:
-    """(device, whether this call initialised torch.distributed)."""
+def init_distributed(device_arg: str | None) -> tuple[torch.device, bool]:
+    """The device of this process and whether this call started torch.distributed.
+
+    Under torchrun (WORLD_SIZE > 1) the process group is initialised with nccl on GPUs, gloo on CPU;
+    without ``device_arg`` each process takes cuda:LOCAL_RANK when CUDA is available, else the CPU.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_arg:
-        device = torch.device(device_arg)
-    else:
-        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(device_arg) if device_arg else (
+            torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu"))
+    except RuntimeError as e:
+        raise ValueError(f"bad device {device_arg!r}: {e}") from None
     if device.type == "cuda":
         if device.index is None:
             device = torch.device("cuda", local_rank if world_size > 1 else 0)
@@ -328,7 +333,7 @@ def run(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be positive, got {args.limit}")
-    device, started = _init_distributed(args.device)
+    device, started = init_distributed(args.device)
     try:
         rank, world = _dist_world()
         model = load_model(args.model, args.weights, str(device))

@@ -27,11 +27,12 @@ AUG_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 SLIDE_CROP, SLIDE_STRIDE = 512, 341
 
 
-def load_image(source) -> np.ndarray:
+def load_image(source, exif: bool = True) -> np.ndarray:
     """An RGB uint8 array (H, W, 3) from a path, PIL image, array (HxW, HxWx1/3/4) or uint8 tensor.
 
     Grayscale, RGBA (alpha dropped), palette and 16-bit images are converted to RGB; JPEG EXIF
-    orientation is applied, so the class map matches the image as a viewer shows it.
+    orientation is applied (unless ``exif`` is False), so the class map matches the image as a viewer
+    shows it.
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -40,7 +41,7 @@ def load_image(source) -> np.ndarray:
         try:
             with Image.open(path) as img:
                 img.load()
-                return _checked(_pil_to_rgb(ImageOps.exif_transpose(img)))
+                return _checked(_pil_to_rgb(ImageOps.exif_transpose(img) if exif else img))
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
             raise ValueError(f"{path} is not a readable image ({e})") from e
     if isinstance(source, Image.Image):
@@ -59,11 +60,11 @@ def _checked(image: np.ndarray) -> np.ndarray:
 
 
 def _pil_to_rgb(img: Image.Image) -> np.ndarray:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: scale to 8 bits rather than clip
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit: scale to 8 bits rather than clip
         arr = np.asarray(img, dtype=np.float64)
         peak = 65535.0 if arr.max() > 255 else 255.0
         img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    return np.asarray(img.convert("RGB"))
+    return np.array(img.convert("RGB"))  # a writable copy (np.asarray of a PIL image is read-only)
 
 
 def _array_to_rgb(arr: np.ndarray) -> np.ndarray:

@@ -285,21 +285,12 @@ def _set_rng_state(state: dict) -> None:
 # --- distributed ----------------------------------------------------------------------------------
 
 def _init_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_arg:
-        device = torch.device(device_arg)
-    else:
-        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", local_rank if world_size > 1 else 0)
-        torch.cuda.set_device(device)
-    if world_size > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend, device_id=device if device.type == "cuda" else None)
-    return rank, world_size, device
+    from .evaluation import init_distributed
+
+    device, _ = init_distributed(device_arg)
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
+    return 0, 1, device
 
 
 def _gather(obj, world_size: int) -> list:
