@@ -135,42 +135,56 @@ def _command(*args: str) -> list[str]:
     return [sys.executable, str(REPO / "examples" / "train_ade20k.py"), *args]
 
 
-@pytest.mark.slow
-def test_resume_after_sigkill_is_bit_identical(shapes, tiny_folder, tmp_path):
-    iters, every = 12, 4
-    common = ["--iters", str(iters), "--checkpoint-interval", str(every), "--lr", "1e-3", "--warmup-iters", "3",
-              "--deterministic", "--seed", "3"]
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+_RESUME_ITERS, _RESUME_EVERY = 12, 4
+_RESUME_COMMON = ["--iters", str(_RESUME_ITERS), "--checkpoint-interval", str(_RESUME_EVERY), "--lr", "1e-3",
+                  "--warmup-iters", "3", "--deterministic", "--seed", "3"]
+_RESUME_ENV = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
 
-    unbroken = tmp_path / "unbroken"
-    subprocess.run(_command(*_train_args(shapes, tiny_folder, unbroken, *common)), check=True, env=env,
+
+@pytest.fixture(scope="session")
+def unbroken_run(shapes, tiny_folder, tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("unbroken")
+    subprocess.run(_command(*_train_args(shapes, tiny_folder, work, *_RESUME_COMMON)), check=True, env=_RESUME_ENV,
                    stdout=subprocess.DEVNULL, timeout=300)
+    return work
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trigger", ["checkpoint: iteration 4 ", "iter 6/12 ", "checkpoint: iteration 8 "],
+                         ids=["at-checkpoint-4", "between-checkpoints", "at-checkpoint-8"])
+def test_resume_after_sigkill_is_bit_identical(shapes, tiny_folder, unbroken_run, tmp_path, trigger):
+    """SIGKILL at several points (on a checkpoint, or between two: the work since is redone), resume:
+    the same weights as a run never stopped."""
+    iters, every = _RESUME_ITERS, _RESUME_EVERY
     broken = tmp_path / "broken"
-    proc = subprocess.Popen(_command(*_train_args(shapes, tiny_folder, broken, *common)), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
+    broken.mkdir()
+    out_file = tmp_path / "stdout.txt"
+    with open(out_file, "w") as out:
+        proc = subprocess.Popen(
+            _command(*_train_args(shapes, tiny_folder, broken, *_RESUME_COMMON, "--log-interval", "1")),
+            env=_RESUME_ENV, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     try:
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith(f"checkpoint: iteration {every} "):
+        while proc.poll() is None and time.monotonic() < deadline:
+            log = broken / "train.log"
+            seen = out_file.read_text() + (log.read_text() if log.exists() else "")
+            if trigger in seen:
                 os.kill(proc.pid, signal.SIGKILL)
                 break
-            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.005)
     finally:
         proc.kill()
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "".join(lines)
+    assert proc.returncode == -signal.SIGKILL, out_file.read_text()
     killed_at = torch.load(broken / "latest.pth", weights_only=True)["iteration"]
     assert every <= killed_at < iters and not (broken / "final").exists()
 
-    resumed = subprocess.run(_command(*_train_args(shapes, tiny_folder, broken, *common, "--resume")), env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(_command(*_train_args(shapes, tiny_folder, broken, *_RESUME_COMMON, "--resume")),
+                             env=_RESUME_ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resumed from {broken / 'latest.pth'} at iteration {killed_at}" in resumed.stdout
 
-    a = torch.load(unbroken / "latest.pth", weights_only=True)
+    a = torch.load(unbroken_run / "latest.pth", weights_only=True)
     b = torch.load(broken / "latest.pth", weights_only=True)
     assert a["iteration"] == b["iteration"] == iters
     assert a["model"].keys() == b["model"].keys()
@@ -179,7 +193,7 @@ def test_resume_after_sigkill_is_bit_identical(shapes, tiny_folder, tmp_path):
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
-    final_a = IwinUPerNet.from_pretrained(unbroken / "final").state_dict()
+    final_a = IwinUPerNet.from_pretrained(unbroken_run / "final").state_dict()
     final_b = IwinUPerNet.from_pretrained(broken / "final").state_dict()
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
     print(f"\nresume after SIGKILL at iteration {killed_at} of {iters}: {len(a['model'])} tensors bit-identical")
