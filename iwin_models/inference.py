@@ -112,7 +112,7 @@ def _forward(model, x: torch.Tensor, flip: bool, dtype) -> torch.Tensor:
     return torch.cat([logits[:1], logits[1:].flip(-1)]) if flip else logits
 
 
-def _slide_logits(model, x: torch.Tensor, flip: bool, dtype, num_classes: int, batch_size: int = 4) -> torch.Tensor:
+def _slide_logits(model, x: torch.Tensor, flip: bool, dtype, batch_size: int = 4) -> torch.Tensor:
     """mmseg's slide inference: 512 crops at stride 341, overlapping logits averaged."""
     _, _, H, W = x.shape
     crop_h, crop_w = min(SLIDE_CROP, H), min(SLIDE_CROP, W)
@@ -123,8 +123,7 @@ def _slide_logits(model, x: torch.Tensor, flip: bool, dtype, num_classes: int, b
         for c in range(cols):
             y2, x2 = min(r * SLIDE_STRIDE + crop_h, H), min(c * SLIDE_STRIDE + crop_w, W)
             boxes.append((y2 - crop_h, x2 - crop_w, y2, x2))
-    n = 2 if flip else 1
-    total = x.new_zeros((n, num_classes, H, W))
+    total = None  # sized from the first logits: the class count is whatever the model returns
     count = x.new_zeros((1, 1, H, W))
     for start in range(0, len(boxes), batch_size):  # crops share one size, so they batch
         chunk = boxes[start:start + batch_size]
@@ -133,6 +132,8 @@ def _slide_logits(model, x: torch.Tensor, flip: bool, dtype, num_classes: int, b
             crops = torch.cat([crops, crops.flip(-1)])
         with _autocast(x.device, dtype):
             logits = model(crops).float()
+        if total is None:
+            total = x.new_zeros((2 if flip else 1, logits.shape[1], H, W))
         for i, (y1, x1, y2, x2) in enumerate(chunk):
             total[0, :, y1:y2, x1:x2] += logits[i]
             if flip:  # the mirrored crop's logits, mirrored back into place
@@ -159,14 +160,13 @@ def predict_probs(model, image, *, aug: bool = False, slide: bool = False, dtype
     model.eval()
     device = next(model.parameters()).device
     h, w = image.shape[:2]
-    num_classes = model.num_classes if hasattr(model, "num_classes") else None
     probs = None
     ratios = AUG_RATIOS if aug else (1.0,)
     for ratio in ratios:
         size = _rescale_size(h, w, [s * ratio for s in scale])
         x = _normalise(image, size, device)
         if slide:
-            logits = _slide_logits(model, x, aug, dtype, num_classes or _probe_classes(model, x))
+            logits = _slide_logits(model, x, aug, dtype)
         else:
             logits = _forward(model, x, aug, dtype)
         if not torch.isfinite(logits).all():
@@ -175,10 +175,6 @@ def predict_probs(model, image, *, aug: bool = False, slide: bool = False, dtype
         scores = logits.softmax(dim=1).sum(0)  # with aug: the image and its mirror
         probs = scores if probs is None else probs + scores
     return probs / (len(ratios) * (2 if aug else 1))
-
-
-def _probe_classes(model, x: torch.Tensor) -> int:
-    return model(x[:, :, :32, :32]).shape[1]
 
 
 def segment(model, image, *, aug: bool = False, slide: bool = False, dtype: torch.dtype | None = None,

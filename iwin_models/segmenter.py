@@ -229,7 +229,7 @@ def _segmenter_state_dict(checkpoint: dict) -> tuple[dict, dict]:
             "not an Iwin UPerNet checkpoint: it has neither mmseg keys (backbone./decode_head.) nor ours "
             f"(encoder./decoder.), e.g. {sorted(sd)[:3]}")
     if metadata:
-        meta = {**meta, **{k: v for k, v in metadata.items()}}
+        meta = {**meta, **metadata}
     return sd, meta
 
 
