@@ -258,8 +258,9 @@ def section_bf16(args, res):
 
 TRAIN_CHILD = r"""
 import json, sys, time, statistics, torch
-torch.set_num_threads(int(sys.argv[1])); ckpt = sys.argv[2] == '1'; steps = int(sys.argv[3])
+torch.set_num_threads(int(sys.argv[1])); model_kind, mode, steps = sys.argv[2], sys.argv[3], int(sys.argv[4])
 import torch.nn.functional as F
+import timm
 from iwin_models.segmenter import create_segmenter
 
 def status(key):
@@ -267,9 +268,21 @@ def status(key):
         if line.startswith(key):
             return int(line.split()[1]) / 1024  # MiB
 torch.manual_seed(0)
-model = create_segmenter('iwin_tiny_upernet_ade20k', pretrained=False).train()
-model.backbone.set_grad_checkpointing(ckpt)
-x = torch.randn(2, 3, 512, 512); y = torch.randint(0, 150, (2, 512, 512))
+x = torch.randn(2, 3, 512, 512)
+if model_kind == 'backbone':  # the timm classifier: cross-entropy on 1000 classes
+    model = timm.create_model('iwin_tiny').train()
+    y = torch.randint(0, 1000, (2,))
+    loss_of = lambda: F.cross_entropy(model(x), y)
+else:  # the segmenter: main + 0.4 x auxiliary loss on full-resolution logits, as mmseg trains it
+    model = create_segmenter('iwin_tiny_upernet_ade20k', pretrained=False).train()
+    y = torch.randint(0, 150, (2, 512, 512))
+    def loss_of():
+        logits, aux = model(x, return_aux=True)
+        return F.cross_entropy(logits, y, ignore_index=255) + 0.4 * F.cross_entropy(aux, y, ignore_index=255)
+if mode == 'backbone':
+    model.backbone.set_grad_checkpointing(True)
+elif mode == 'all':
+    model.set_grad_checkpointing(True)
 try:
     open('/proc/self/clear_refs', 'w').write('5')  # reset VmHWM to the current RSS
     reset = True
@@ -279,37 +292,61 @@ base = status('VmRSS')
 times = []
 for i in range(steps + 1):
     t = time.perf_counter()
-    logits, aux = model(x, return_aux=True)
-    loss = F.cross_entropy(logits, y, ignore_index=255) + 0.4 * F.cross_entropy(aux, y, ignore_index=255)
-    loss.backward()
+    loss_of().backward()
     model.zero_grad(set_to_none=True)
     if i:
         times.append(time.perf_counter() - t)
-print(json.dumps(dict(step_s=statistics.median(times), base_mib=base, hwm_mib=status('VmHWM'),
-                      growth_mib=status('VmHWM') - base, hwm_reset=reset)))
+rss = dict(base_mib=base, hwm_mib=status('VmHWM'), growth_mib=status('VmHWM') - base, hwm_reset=reset)
+# Peak of live tensor memory in one more step (CPU analogue of torch.cuda.max_memory_allocated):
+# RSS also holds what the allocator keeps cached after frees.
+from torch.distributed._tools.mem_tracker import MemTracker
+tracker = MemTracker()
+tracker.track_external(model, x, y)
+with tracker:
+    loss_of().backward()
+    model.zero_grad(set_to_none=True)
+peak = {str(k.value if hasattr(k, 'value') else k): v / 2 ** 20
+        for k, v in tracker.get_tracker_snapshot('peak')[torch.device('cpu')].items()}
+print(json.dumps(dict(step_s=statistics.median(times), rss=rss, tensor_peak_mib=peak['Total'],
+                      activation_peak_mib=peak['Activation'], param_mib=peak['Parameter'])))
 """
+
+TRAIN_CONFIGS = {
+    "backbone": ("Iwin-T (timm classifier, cross-entropy)", {
+        "none": "no checkpointing", "all": "model.set_grad_checkpointing()"}),
+    "segmenter": ("Iwin-T UPerNet (main + aux loss on 512x512 logits)", {
+        "none": "no checkpointing", "backbone": "model.backbone.set_grad_checkpointing()",
+        "all": "model.set_grad_checkpointing() (backbone + decoder)"}),
+}
 
 
 def section_training(args, res):
-    print("\n(5) training step (forward + backward, batch 2, 512x512, Iwin-T UPerNet + aux loss), "
-          "one fresh process per configuration")
-    res["training"] = {}
+    print("\n(5) training step (forward + backward, batch 2, 512x512, fp32), one fresh process per configuration")
     steps = 1 if args.quick else 2
-    for ckpt in (False, True):
-        done = subprocess.run([sys.executable, "-c", TRAIN_CHILD, str(args.threads), str(int(ckpt)), str(steps)],
-                              capture_output=True, text=True, cwd=REPO)
-        if done.returncode:
-            print(f"  checkpointing={ckpt}: failed: {done.stderr.strip()[-400:]}")
-            continue
-        r = json.loads(done.stdout.strip().splitlines()[-1])
-        res["training"]["checkpointing" if ckpt else "plain"] = r
-        print(f"  grad checkpointing {'on ' if ckpt else 'off'}: step {r['step_s']:.2f}s  peak RSS growth "
-              f"{r['growth_mib']:.0f} MiB (VmHWM {r['hwm_mib']:.0f} MiB, before the steps {r['base_mib']:.0f} MiB)")
-    t = res["training"]
-    if "plain" in t and "checkpointing" in t:
-        t["memory_ratio"] = t["checkpointing"]["growth_mib"] / t["plain"]["growth_mib"]
-        t["time_ratio"] = t["checkpointing"]["step_s"] / t["plain"]["step_s"]
-        print(f"  checkpointing / plain: peak memory growth {t['memory_ratio']:.3f}, step time {t['time_ratio']:.3f}")
+    res["training"] = {}
+    for kind, (title, modes) in TRAIN_CONFIGS.items():
+        print(f"  {title}:")
+        t = res["training"][kind] = {}
+        for mode, label in modes.items():
+            done = subprocess.run([sys.executable, "-c", TRAIN_CHILD, str(args.threads), kind, mode, str(steps)],
+                                  capture_output=True, text=True, cwd=REPO)
+            if done.returncode:
+                print(f"    {label}: failed: {done.stderr.strip()[-400:]}")
+                continue
+            r = t[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"    {label}: step {r['step_s']:.2f}s  peak tensor memory {r['tensor_peak_mib']:.0f} MiB "
+                  f"(activations {r['activation_peak_mib']:.0f}, parameters {r['param_mib']:.0f})  "
+                  f"peak RSS growth {r['rss']['growth_mib']:.0f} MiB")
+        for mode in modes:
+            if mode != "none" and "none" in t and mode in t:
+                a, b = t[mode], t["none"]
+                ratios = t[f"{mode}_over_none"] = dict(
+                    tensor_peak=a["tensor_peak_mib"] / b["tensor_peak_mib"],
+                    activation_peak=a["activation_peak_mib"] / b["activation_peak_mib"],
+                    rss_growth=a["rss"]["growth_mib"] / b["rss"]["growth_mib"], step_time=a["step_s"] / b["step_s"])
+                print(f"    {modes[mode]} / no checkpointing: peak tensor memory {ratios['tensor_peak']:.3f} "
+                      f"(activations {ratios['activation_peak']:.3f}), peak RSS growth {ratios['rss_growth']:.3f}, "
+                      f"step time {ratios['step_time']:.3f}")
 
 
 COMPILE_CHILD = r"""

@@ -15,6 +15,8 @@ import math
 import torch
 import torch.nn as nn
 
+from .iwin import InterleavedAttention
+
 __all__ = ["mmcv_flops", "count_parameters", "add_arguments", "run"]
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
@@ -37,6 +39,13 @@ def _module_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
         # mmcv doubles for ``module.affine``, an attribute LayerNorm lacks (it has elementwise_affine),
         # so LayerNorms count once: that is what the published figures contain.
         return x.numel() * (2 if getattr(module, "affine", False) else 1)
+    if isinstance(module, InterleavedAttention):
+        # The authors' qkv and proj also run on the tokens padding the map to window multiples; ours
+        # skip them (same outputs), so their share is added here to keep the published figures.
+        B, H, W, _ = x.shape
+        ws = inputs[1]
+        padding = B * (math.ceil(H / ws) * math.ceil(W / ws) * ws * ws - H * W)
+        return padding * sum(linear.in_features * linear.out_features for linear in (module.qkv, module.proj))
     if isinstance(module, _POOLS):
         return x.numel()
     if isinstance(module, (*_ELEMENTWISE, nn.Upsample)):

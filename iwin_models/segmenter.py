@@ -15,6 +15,7 @@ Where smp's defaults differ from what the checkpoints were trained with, we foll
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
 
@@ -27,6 +28,7 @@ from segmentation_models_pytorch.base import modules as smp_modules
 from segmentation_models_pytorch.base.hub_mixin import supports_config_loading
 from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
 from segmentation_models_pytorch.encoders import get_encoder
+from torch.utils.checkpoint import checkpoint
 
 from . import ade20k
 from . import iwin as _iwin  # noqa: F401  (registers the timm models used as encoders)
@@ -67,6 +69,33 @@ class PoolSafeBatchNorm2d(nn.BatchNorm2d):
         return super().forward(x)
 
 
+class UPerNetDecoderInTwo(UPerNetDecoder):
+    """smp's ``UPerNetDecoder`` with its forward split in two: the PSP + FPN pyramid, then the fusion
+    of its maps at stride 4. Gradient checkpointing recomputes the halves one at a time, so the
+    backward pass never holds all of the decoder's stride-4 maps at once. Same modules, same
+    state dict, same outputs as smp's forward (tested)."""
+
+    def pyramid(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The PSP output (stride 32) and the FPN maps at strides 16, 8, 4."""
+        features = [norm(f) for norm, f in zip(self.feature_norms, features[2:])]
+        maps = [self.psp(features[-1])]
+        for block, lateral in zip(self.fpn_lateral_blocks, features[-2::-1]):
+            maps.append(block(maps[-1], lateral))
+        return maps[:1] + [conv(m) for conv, m in zip(self.fpn_conv_blocks, maps[1:])]
+
+    def fuse(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        size = maps[-1].shape[2:]
+        resized = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[::-1]]
+        return self.fusion_block(torch.cat(resized, dim=1))
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.fuse(self.pyramid(features))
+
+
+def _resize(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
 class ResizeToInputHead(nn.Module):
     """Dropout, 1x1 classifier, bilinear resize (align_corners False) to the input size."""
 
@@ -75,9 +104,12 @@ class ResizeToInputHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout)  # mmseg's decode heads drop whole channels
         self.conv_seg = nn.Conv2d(in_channels, num_classes, kernel_size=1)
 
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits at the resolution of ``x``."""
+        return self.conv_seg(self.dropout(x))
+
     def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        x = self.conv_seg(self.dropout(x))
-        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+        return _resize(self.classify(x), size)
 
 
 class FCNHead(ResizeToInputHead):
@@ -87,8 +119,29 @@ class FCNHead(ResizeToInputHead):
         super().__init__(channels, num_classes, dropout)
         self.convs = nn.Sequential(smp_modules.Conv2dReLU(in_channels, channels, kernel_size=3, padding=1))
 
-    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        return super().forward(self.convs(x), size)
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return super().classify(self.convs(x))
+
+
+@contextlib.contextmanager
+def _running_statistics_frozen(module: nn.Module):
+    """BatchNorms under ``module`` keep their running statistics (and batch count) unchanged.
+
+    Used while gradient checkpointing recomputes a forward pass, which must not count the batch a
+    second time. Momentum 0 keeps the running values exactly while the layers still normalise with
+    the batch's statistics and save the same tensors for backward as in the first pass (which
+    checkpointing verifies).
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
 
 
 def _pool_safe_batchnorms(module: nn.Module) -> nn.Module:
@@ -149,7 +202,8 @@ class IwinUPerNet(SegmentationModel):
             f"tu-{encoder_name}", in_channels=in_channels, depth=5,
             weights=True if encoder_weights else None, **(encoder_kwargs or {}))
         stage_channels = self.encoder.out_channels[2:]
-        self.decoder = UPerNetDecoder(self.encoder.out_channels, encoder_depth=5, decoder_channels=decoder_channels)
+        self.decoder = UPerNetDecoderInTwo(
+            self.encoder.out_channels, encoder_depth=5, decoder_channels=decoder_channels)
         # The backbone's own norm0..3 already normalised the features (see the module docstring).
         self.decoder.feature_norms = nn.ModuleList([nn.Identity() for _ in stage_channels])
         self.segmentation_head = ResizeToInputHead(decoder_channels, classes, dropout)
@@ -157,6 +211,7 @@ class IwinUPerNet(SegmentationModel):
         _pool_safe_batchnorms(self)
         self.classification_head = None
         self.num_classes = classes
+        self.grad_checkpointing = False
         self.set_class_info(class_names, palette)
         self.name = f"upernet-{encoder_name}"
         self.initialize()
@@ -175,13 +230,35 @@ class IwinUPerNet(SegmentationModel):
     def forward(self, x: torch.Tensor, return_aux: bool = False):
         if not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()):
             self.check_input_shape(x)
+        if return_aux and self.auxiliary_head is None:
+            raise ValueError("this model has no auxiliary head (aux_channels=0)")
         features = self.encoder(x)
-        logits = self.segmentation_head(self.decoder(features), x.shape[-2:])
+        size = x.shape[-2:]
+        pyramid = self._recomputed(self.decoder.pyramid, features)
+        logits = _resize(self._recomputed(self.decode, pyramid), size)
         if not return_aux:
             return logits
-        if self.auxiliary_head is None:
-            raise ValueError("this model has no auxiliary head (aux_channels=0)")
-        return logits, self.auxiliary_head(features[4], x.shape[-2:])  # stage 2 (stride 16)
+        return logits, self.auxiliary_head(features[4], size)  # stage 2 (stride 16)
+
+    def decode(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
+        """Stride-4 logits from the decoder's pyramid."""
+        return self.segmentation_head.classify(self.decoder.fuse(pyramid))
+
+    def _recomputed(self, fn, *args):
+        """``fn(*args)``, under gradient checkpointing when it is on and gradients are being recorded."""
+        if not (self.grad_checkpointing and self.training and torch.is_grad_enabled()):
+            return fn(*args)
+        return checkpoint(fn, *args, use_reentrant=False,
+                          context_fn=lambda: (contextlib.nullcontext(), _running_statistics_frozen(self)))
+
+    def set_grad_checkpointing(self, enable: bool = True):
+        """Recompute activations during the backward pass instead of keeping them: every backbone
+        stage and the whole decoder (the stride-4 maps of the 512-channel FPN dominate at 512x512).
+
+        BatchNorm running statistics are updated once per step, as without checkpointing.
+        """
+        self.backbone.set_grad_checkpointing(enable)
+        self.grad_checkpointing = enable
 
     @property
     def backbone(self) -> nn.Module:

@@ -424,7 +424,7 @@ def train(args) -> dict:
     num_classes = len(class_names) if class_names is not None else args.num_classes
     model = build_model(args, num_classes, class_names)
     if args.grad_checkpointing:
-        model.backbone.set_grad_checkpointing(True)
+        model.set_grad_checkpointing(True)
     if world_size > 1:
         if device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch 1 is fine: world_size > 1 values
@@ -591,7 +591,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-classes", type=int, default=150, help="classes (default: %(default)s; a folder data set "
                                                                 "with --class-names takes their count)")
     g.add_argument("--drop-path", type=float, default=0.3, help="stochastic depth of a named model (%(default)s)")
-    g.add_argument("--grad-checkpointing", action="store_true", help="recompute backbone activations (less memory)")
+    g.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute the backbone's and the decoder's activations in the backward pass "
+                        "(half the activation memory, slower steps)")
 
     g = parser.add_argument_group("data")
     g.add_argument("--data-root", metavar="DIR", help="ADEChallengeData2016 folder (images/, annotations/)")

@@ -111,3 +111,46 @@ def test_interleave_single_window_is_identity_grid(ws):
     """With Hg = Wg = 1 there is one window holding the whole map in row-major order."""
     x = torch.randn(2, ws, ws, 3)
     assert torch.equal(interleave_windows(x, ws), x.reshape(2, ws * ws, 3))
+
+
+def padded(x: torch.Tensor, ws: int, value: torch.Tensor | None = None) -> torch.Tensor:
+    """The map padded bottom/right to window multiples, built the obvious way."""
+    B, H, W, C = x.shape
+    out = torch.zeros(B, -(-H // ws) * ws, -(-W // ws) * ws, C, dtype=x.dtype) if value is None else \
+        value.expand(B, -(-H // ws) * ws, -(-W // ws) * ws, C).clone()
+    out[:, :H, :W] = x
+    return out
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(b=st.integers(1, 2), h=st.integers(1, 30), w=st.integers(1, 30), ws=st.integers(1, 8),
+       fill=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_padding_interleave_equals_pad_then_interleave(b, h, w, ws, fill, seed):
+    """Any map size: windows are built without the padded map, yet equal interleaving the padded map;
+    deinterleaving drops the padding again."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, h, w, 3, generator=g)
+    value = torch.randn(3, generator=g) if fill else None
+    windows = interleave_windows(x, ws, pad_value=value)
+    expected = reference_interleave(padded(x, ws, value), ws)
+    assert torch.equal(windows, expected)
+    assert torch.equal(deinterleave_windows(windows, ws, h, w), x)
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(h=st.integers(1, 20), w=st.integers(1, 20), ws=st.integers(1, 8), heads=st.sampled_from([1, 2, 4]))
+def test_attention_equals_padding_first(h, w, ws, heads):
+    """Our attention (qkv before padding, proj after cropping) equals the official order: pad the
+    normalised map with zeros, qkv/attention/proj on every token, crop."""
+    from iwin_models.iwin import InterleavedAttention
+
+    torch.manual_seed(h * 1000 + w * 10 + ws)
+    attn = InterleavedAttention(8, heads).double().eval()
+    x = torch.randn(2, h, w, 8, dtype=torch.float64)
+    with torch.no_grad():
+        windows = interleave_windows(padded(x, ws), ws)
+        q, k, v = attn.qkv(windows).unflatten(-1, (3, heads, 8 // heads)).permute(2, 0, 3, 1, 4)
+        weights = (q @ k.transpose(-2, -1) / math.sqrt(8 // heads)).softmax(-1)
+        out = attn.proj((weights @ v).transpose(1, 2).flatten(2))
+        expected = deinterleave_windows(out, ws, h, w)
+        torch.testing.assert_close(attn(x, ws), expected, rtol=1e-12, atol=1e-12)

@@ -1,6 +1,7 @@
 """ADE20K UPerNet segmenters: parity with the authors' mmseg models, official checkpoints, hub, smp, CLI."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -161,6 +162,51 @@ def test_any_size_any_classes_train_batch1():
         assert logits.shape == aux.shape == (1, 3, *size)
     loss = logits.mean() + aux.mean()
     loss.backward()  # batch 1 in training: the 1x1 PSP branch must not crash
+
+
+def test_grad_checkpointing_is_exact_and_counts_batchnorm_once(monkeypatch):
+    """Checkpointing the backbone and both decoder halves changes neither the outputs, the gradients
+    nor the BatchNorm running statistics (the recomputation must not count the batch twice)."""
+    import iwin_models.segmenter as segmenter
+
+    torch.manual_seed(0)
+    plain = mini_segmenter(classes=5, encoder_kwargs=dict(drop_path_rate=0.2)).train()
+    ckpt = copy.deepcopy(plain)
+    ckpt.set_grad_checkpointing()
+    calls = []
+    real = segmenter.checkpoint
+    monkeypatch.setattr(segmenter, "checkpoint", lambda *a, **k: calls.append(a[0].__name__) or real(*a, **k))
+    x = torch.randn(2, 3, 45, 61)
+    results = []
+    for model in (plain, ckpt):
+        torch.manual_seed(1)  # the same dropout and stochastic-depth draws
+        logits, aux = model(x, return_aux=True)
+        (logits.square().mean() + aux.square().mean()).backward()
+        results.append((logits, {k: p.grad for k, p in model.named_parameters()}, dict(model.named_buffers())))
+    assert calls == ["pyramid", "decode"]
+    assert torch.equal(results[0][0], results[1][0])
+    for k, grad in results[0][1].items():
+        assert torch.equal(grad, results[1][1][k]), k
+    for k, buf in results[0][2].items():
+        assert torch.equal(buf, results[1][2][k]), k
+    ckpt.eval()
+    with torch.no_grad():
+        ckpt(x)
+    assert calls == ["pyramid", "decode"], "no recomputation without gradients"
+
+
+def test_decoder_halves_equal_smp_forward():
+    from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
+
+    from iwin_models.segmenter import UPerNetDecoderInTwo
+
+    torch.manual_seed(0)
+    channels = (3, 0, 32, 64, 128, 256)
+    ours, smps = UPerNetDecoderInTwo(channels, 5, 64).eval(), UPerNetDecoder(channels, 5, 64).eval()
+    ours.load_state_dict(smps.state_dict(), strict=True)
+    features = [torch.randn(2, c, 67 // 2 ** i + 1, 45 // 2 ** i + 1) for i, c in enumerate(channels)]
+    with torch.no_grad():
+        assert torch.equal(ours(list(features)), smps(list(features)))
 
 
 def test_bad_inputs_to_segmenter():
