@@ -281,11 +281,32 @@ def add_arguments(parser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _restart_scoped_store():
+    """torchrun's store for this generation of workers, or None to let torch.distributed make it.
+
+    The elastic agent keeps one store for the whole job (``TORCHELASTIC_USE_AGENT_STORE``), and the
+    process group writes the same keys in it on every start; after ``torchrun --max-restarts``
+    restarts the workers, one of them can read the address its dead predecessor left and fail
+    (gloo: ``connectFullMesh ... Connection refused``) or wait for it until the timeout. On one node
+    every worker gets the same ``TORCHELASTIC_RESTART_COUNT``, so the keys are put under it. Across
+    nodes that count is per node and cannot scope them: launch torchrun there with
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (a new store for every restart).
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if (restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+            or os.environ.get("LOCAL_WORLD_SIZE") != os.environ.get("WORLD_SIZE")):
+        return None
+    store, _, _ = next(dist.rendezvous("env://"))
+    return dist.PrefixStore(f"iwin_models/restart_{restart}", store)
+
+
 def init_distributed(device_arg: str | None) -> tuple[torch.device, bool]:
     """The device of this process and whether this call started torch.distributed.
 
     Under torchrun (WORLD_SIZE > 1) the process group is initialised with nccl on GPUs, gloo on CPU;
     without ``device_arg`` each process takes cuda:LOCAL_RANK when CUDA is available, else the CPU.
+    On one node, workers that ``torchrun --max-restarts`` restarted form a fresh group (see
+    :func:`_restart_scoped_store`).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -301,7 +322,10 @@ def init_distributed(device_arg: str | None) -> tuple[torch.device, bool]:
     started = False
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        store = _restart_scoped_store()
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None, store=store,
+                                rank=int(os.environ["RANK"]) if store is not None else -1,
+                                world_size=world_size if store is not None else -1)
         started = True
     return device, started
 

@@ -1,14 +1,17 @@
 """Training: learning on a synthetic data set, exact resume after SIGKILL, atomic checkpoints, the
-fine-tuning example, AdamW groups and the lr schedule."""
+fine-tuning example, AdamW groups and the lr schedule, torchrun (2 CPU processes) and its restarts."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -309,21 +312,127 @@ def test_sampler_resumes_mid_epoch_and_shards():
 @pytest.mark.slow
 def test_two_processes_with_torchrun(shapes, tiny_folder, tmp_path):
     work = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "examples" / "train_ade20k.py"),
-           *_train_args(shapes, tiny_folder, work, "--iters", "4", "--checkpoint-interval", "2")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    try:
-        out, err = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers
-        out, err = proc.communicate()
-        pytest.fail(f"torchrun did not finish:\n{out}\n{err}")
-    assert proc.returncode == 0, out + err
+    with _TorchrunJob(_torchrun(*_train_args(shapes, tiny_folder, work, "--iters", "4",
+                                             "--checkpoint-interval", "2"))) as job:
+        assert job.wait(time.monotonic() + 240) == 0, f"exit status (None: still running, killed):\n{job.output}"
+    out = job.output
     assert "2 process(es) x batch 2" in out and out.count("done: 4 iterations") == 1
     checkpoint = training.load_checkpoint(work / "latest.pth")
     assert checkpoint["iteration"] == 4 and checkpoint["world_size"] == 2 and len(checkpoint["rng"]) == 2
     assert not torch.equal(checkpoint["rng"][0]["torch"], checkpoint["rng"][1]["torch"])
     final = IwinUPerNet.from_pretrained(work / "final").state_dict()
     assert all(torch.equal(final[k], checkpoint["model"][k]) for k in final)
+
+
+def _torchrun(*args: str, max_restarts: int = 0) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            f"--max-restarts={max_restarts}", "--monitor-interval=0.1", str(REPO / "examples" / "train_ade20k.py"),
+            *args]
+
+
+def _children(pid: int) -> list[int]:
+    with contextlib.suppress(OSError):
+        return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    return []
+
+
+def _workers(launcher: int) -> dict[int, int]:
+    """{RANK: pid} of the workers torchrun runs now (their environment says their rank)."""
+    ranks = {}
+    for pid in _children(launcher):
+        with contextlib.suppress(OSError):
+            env = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+            ranks[int(dict(e.split("=", 1) for e in env if "=" in e)["RANK"])] = pid
+    return ranks
+
+
+def _kill_torchrun(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its workers: torchrun starts each worker in a session of its own, so killing
+    the launcher's process group alone would leave them running (and holding the output pipe)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGSTOP)  # it starts no new worker while they are killed
+        for pid in _children(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+class _TorchrunJob:
+    """A torchrun command whose output (stdout and stderr) a thread collects as it comes; leaving the
+    ``with`` block kills whatever is left of it."""
+
+    def __init__(self, cmd: list[str]):
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True,
+                                     env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"))
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self._lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self._lines)
+
+    def wait_for(self, text: str, deadline: float) -> bool:
+        """Whether ``text`` shows in the output while the job runs, before ``deadline`` (monotonic)."""
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            if text in self.output:
+                return True
+            time.sleep(0.01)
+        return text in self.output and self.proc.poll() is None
+
+    def wait(self, deadline: float) -> int | None:
+        """The exit status, or None if the job is still running at ``deadline``."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=max(deadline - time.monotonic(), 0))
+        self._reader.join(timeout=10)
+        return self.proc.returncode
+
+    def __enter__(self) -> _TorchrunJob:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            _kill_torchrun(self.proc)
+        self._reader.join(timeout=10)
+        self.proc.stdout.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),
+                    reason="finds torchrun's workers in /proc/PID/task/TID/children (Linux)")
+def test_torchrun_restarts_a_killed_worker_from_the_last_checkpoint(shapes, tiny_folder, tmp_path):
+    """``torchrun --max-restarts=1`` with 2 CPU processes (gloo) and ``--resume auto``: SIGKILL the rank-0
+    worker once a checkpoint is written; torchrun restarts both workers, they resume from latest.pth and
+    finish once, with the same weights, bit for bit, as a 2-process run never stopped."""
+    common = ["--iters", "8", "--checkpoint-interval", "2", "--resume", "auto", "--log-interval", "1",
+              "--deterministic", "--seed", "3"]
+    broken, unbroken = tmp_path / "broken", tmp_path / "unbroken"
+    with _TorchrunJob(_torchrun(*_train_args(shapes, tiny_folder, broken, *common), max_restarts=1)) as job:
+        assert job.wait_for("checkpoint: iteration 2 ", time.monotonic() + 240), job.output
+        workers = _workers(job.proc.pid)
+        assert sorted(workers) == [0, 1], (workers, job.output)
+        os.kill(workers[0], signal.SIGKILL)
+        assert job.wait(time.monotonic() + 240) == 0, f"exit status (None: still running, killed):\n{job.output}"
+    out = job.output
+    resumed = re.findall(r"resumed from (.+) at iteration (\d+)$", out, flags=re.M)
+    assert [path for path, _ in resumed] == [str(broken / "latest.pth")], out
+    resumed_at = int(resumed[0][1])
+    assert 2 <= resumed_at < 8 and f"for 8 iterations from {resumed_at}:" in out, out
+    assert out.count("for 8 iterations from 0:") == 1 and out.count("done: 8 iterations") == 1, out
+
+    with _TorchrunJob(_torchrun(*_train_args(shapes, tiny_folder, unbroken, *common))) as job:
+        assert job.wait(time.monotonic() + 240) == 0, f"exit status (None: still running, killed):\n{job.output}"
+    a, b = (training.load_checkpoint(work / "latest.pth") for work in (unbroken, broken))
+    assert a["iteration"] == b["iteration"] == 8 and a["world_size"] == b["world_size"] == 2
+    different = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    final = IwinUPerNet.from_pretrained(broken / "final").state_dict()
+    assert all(torch.equal(final[k], b["model"][k]) for k in final)
+    print(f"\ntorchrun restarted after SIGKILL of rank 0 and resumed at iteration {resumed_at} of 8: "
+          f"{len(a['model'])} tensors bit-identical to an unbroken run")
