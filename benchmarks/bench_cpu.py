@@ -8,26 +8,20 @@ a compile that hangs cannot stall the rest). Latencies are medians over several 
 warm-up; candidates are timed in alternation inside the same loop, so that load from other
 processes hits them alike, and compared as ratios.
 
-Sections: 1 backbone vs the reference implementation (512, 1024; also the proposed patch
-benchmarks/iwin_speedup.patch when it applies), 2 segmenters vs timm Swin + smp UPerNet and GFLOP/s
+Sections: 1 backbone vs the reference implementation (512, 1024), 2 segmenters vs timm Swin + smp UPerNet and GFLOP/s
 against a 2048^2 matmul, 3 time(1024)/time(512) (from 1), 4 bf16 autocast, 5 training step with and
 without gradient checkpointing, 6 torch.compile of the backbone.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
-import importlib.util
 import json
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -40,12 +34,10 @@ sys.path.insert(0, str(HERE))
 from reference_block import build_reference, check_reference  # noqa: E402
 
 import iwin_models  # noqa: E402, F401
-import iwin_models.iwin as iwin  # noqa: E402
 
 FIXTURES = REPO.parent / "shared" / "fixtures" / "golden"
 SAMPLE = REPO / "iwin_models" / "assets" / "sample.jpg"
 MINI = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
-PATCH = HERE / "iwin_speedup.patch"
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -81,43 +73,6 @@ def machine() -> dict:
                 date=datetime.datetime.now().isoformat(timespec="seconds"))
 
 
-def load_patched_module():
-    """iwin.py with benchmarks/iwin_speedup.patch applied, as a module (None if it does not apply).
-
-    timm's model registry is restored afterwards, so the patched module only lends its classes.
-    """
-    if not PATCH.is_file() or shutil.which("git") is None:
-        return None
-    import timm.models._registry as registry
-
-    saved = {name: copy.copy(getattr(registry, name)) for name in dir(registry) if name.startswith("_model")}
-    tmp = Path(tempfile.mkdtemp())
-    (tmp / "iwin_models").mkdir()
-    shutil.copy(REPO / "iwin_models" / "iwin.py", tmp / "iwin_models" / "iwin.py")
-    done = subprocess.run(["git", "apply", str(PATCH)], cwd=tmp, capture_output=True, text=True)
-    if done.returncode:
-        print(f"  (patch does not apply, probably already applied: {done.stderr.strip()[:120]})")
-        return None
-    spec = importlib.util.spec_from_file_location("iwin_models._iwin_patched", tmp / "iwin_models" / "iwin.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # timm: "Overwriting iwin_tiny in registry" (restored below)
-        spec.loader.exec_module(module)
-    for name, value in saved.items():
-        setattr(registry, name, value)
-    return module
-
-
-def patched_copy(backbone, patched):
-    """A copy of ``backbone`` whose blocks run the patched ``IwinBlock.forward``."""
-    model = copy.deepcopy(backbone)
-    for m in model.modules():
-        if type(m) is iwin.IwinBlock:
-            m.__class__ = patched.IwinBlock
-    return model
-
-
 def seg_input(size: int) -> torch.Tensor:
     """The bundled sample image, normalised, resized to size x size (random noise without it)."""
     if not SAMPLE.is_file():
@@ -148,29 +103,15 @@ def section_backbone(args, res):
     print("\n(1) Iwin-T backbone: ours vs the reference implementation (batch 1, fp32, eval, no_grad)")
     backbone = timm.create_model("iwin_tiny", features_only=True).eval().model
     ref = build_reference(backbone)
-    patched = load_patched_module()
     candidates = {"ours": lambda x: backbone.forward_intermediates(x, intermediates_only=True), "reference": ref}
-    if patched is not None:
-        fast = patched_copy(backbone, patched).eval()
-        candidates["patched"] = lambda x: fast.forward_intermediates(x, intermediates_only=True)
     res["backbone"] = {}
     for size, reps in ((512, args.reps), (1024, max(2, args.reps - 2))):
         x = torch.randn(1, 3, size, size)
         diff = check_reference(backbone, ref, x)
-        if patched is not None:
-            with torch.no_grad():
-                a = backbone.forward_intermediates(x, intermediates_only=True)
-                b = fast.forward_intermediates(x, intermediates_only=True)
-            pdiff = max((p - q).abs().max().item() for p, q in zip(a, b))
         t = timed_alternating({k: (lambda f=f, x=x: f(x)) for k, f in candidates.items()}, reps)
         entry = dict(seconds=t, ours_over_ref=t["ours"] / t["reference"], max_abs_diff_vs_ref=diff, reps=reps)
         line = (f"  {size}x{size}: ours {t['ours']:.3f}s  reference {t['reference']:.3f}s  "
                 f"ratio {entry['ours_over_ref']:.3f}  (max |diff| {diff:.2e})")
-        if patched is not None:
-            entry.update(patched_over_ref=t["patched"] / t["reference"], patched_over_ours=t["patched"] / t["ours"],
-                         patched_max_abs_diff=pdiff)
-            line += (f"\n           patched {t['patched']:.3f}s  patched/ref {entry['patched_over_ref']:.3f}  "
-                     f"patched/ours {entry['patched_over_ours']:.3f}  (max |diff| {pdiff:.2e})")
         print(line)
         res["backbone"][size] = entry
     b = res["backbone"]
@@ -396,7 +337,7 @@ def main(argv=None):
     parser.add_argument("--sections", default="1,2,4,5,6", help="comma-separated sections (3 comes with 1)")
     parser.add_argument("--json", help="also write the raw results to this file")
     args = parser.parse_args(argv)
-    args.reps = 3 if args.quick else 5
+    args.reps = 5 if args.quick else 9
     args.seg_reps = 2 if args.quick else 3
     args.compile_timeout = 240 if args.quick else 420
     torch.set_num_threads(args.threads)

@@ -41,11 +41,12 @@ def _module_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
         return x.numel() * (2 if getattr(module, "affine", False) else 1)
     if isinstance(module, InterleavedAttention):
         # The authors' qkv and proj also run on the tokens padding the map to window multiples; ours
-        # skip them (same outputs), so their share is added here to keep the published figures.
+        # skip some of that work (same outputs), which is added back here to keep the published figures.
         B, H, W, _ = x.shape
         ws = inputs[1]
         padding = B * (math.ceil(H / ws) * math.ceil(W / ws) * ws * ws - H * W)
-        return padding * sum(linear.in_features * linear.out_features for linear in (module.qkv, module.proj))
+        skipped = [module.proj] + ([module.qkv] if module.qkv_skips_padding(H, W, ws) else [])
+        return padding * sum(linear.in_features * linear.out_features for linear in skipped)
     if isinstance(module, _POOLS):
         return x.numel()
     if isinstance(module, (*_ELEMENTWISE, nn.Upsample)):

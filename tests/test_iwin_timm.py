@@ -604,3 +604,21 @@ def test_overrides_on_high_resolution_variants(override):
 
 def test_img_size_override_keeps_the_weights():
     assert _shapes("iwin_tiny", img_size=384) == _shapes("iwin_tiny")
+
+
+def test_gelu_is_exact_and_in_place_only_without_autograd():
+    from iwin_models.iwin import GELU
+
+    x = torch.randn(4, 7, dtype=torch.float64)
+    expected = torch.nn.functional.gelu(x)
+    leaf = x.clone().requires_grad_()
+    out = GELU()(leaf)
+    assert torch.equal(out, expected) and out.data_ptr() != leaf.data_ptr()
+    out.sum().backward()
+    assert leaf.grad is not None
+    with torch.no_grad():
+        y = x.clone()
+        out = GELU()(y)
+    assert torch.equal(out, expected) and out.data_ptr() == y.data_ptr()  # no second buffer
+    with torch.no_grad():
+        assert torch.equal(GELU(approximate="tanh")(x), torch.nn.functional.gelu(x, approximate="tanh"))
