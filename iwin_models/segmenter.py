@@ -78,14 +78,19 @@ class UPerNetDecoderInTwo(UPerNetDecoder):
     def pyramid(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """The PSP output (stride 32) and the FPN maps at strides 16, 8, 4."""
         features = [norm(f) for norm, f in zip(self.feature_norms, features[2:])]
-        maps = [self.psp(features[-1])]
+        # Iwin's features are channels-last views of NHWC maps; the PSP branch (1x1 pooled maps) returns
+        # NCHW, which would turn every later map NCHW too. One small conversion keeps the whole decoder
+        # channels-last, the layout oneDNN's convolutions and the bilinear kernels run fastest.
+        maps = [self.psp(features[-1]).contiguous(memory_format=torch.channels_last)]
         for block, lateral in zip(self.fpn_lateral_blocks, features[-2::-1]):
             maps.append(block(maps[-1], lateral))
         return maps[:1] + [conv(m) for conv, m in zip(self.fpn_conv_blocks, maps[1:])]
 
     def fuse(self, maps: list[torch.Tensor]) -> torch.Tensor:
         size = maps[-1].shape[2:]
-        resized = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[::-1]]
+        # smp also resizes the stride-4 map to its own size: an exact copy, skipped here
+        resized = [m if m.shape[2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                   for m in maps[::-1]]
         return self.fusion_block(torch.cat(resized, dim=1))
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -93,7 +98,8 @@ class UPerNetDecoderInTwo(UPerNetDecoder):
 
 
 def _resize(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    # NCHW out (the decoder runs channels-last): smp's losses and many users call .view on logits
+    return F.interpolate(logits.contiguous(), size=tuple(size), mode="bilinear", align_corners=False)
 
 
 class ResizeToInputHead(nn.Module):
