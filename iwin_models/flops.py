@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .iwin import InterleavedAttention
+from .iwin import InterleavedAttention, PatchEmbed
 
 __all__ = ["mmcv_flops", "count_parameters", "add_arguments", "run"]
 
@@ -39,6 +39,11 @@ def _module_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
         # mmcv doubles for ``module.affine``, an attribute LayerNorm lacks (it has elementwise_affine),
         # so LayerNorms count once: that is what the published figures contain.
         return x.numel() * (2 if getattr(module, "affine", False) else 1)
+    if isinstance(module, PatchEmbed):
+        # its convolution runs as a matmul on the patches (no Conv2d call to hook): count it as one
+        conv = module.proj
+        positions = math.prod(output.shape[:3])
+        return positions * (math.prod(conv.kernel_size) * conv.in_channels + 1) * conv.out_channels
     if isinstance(module, InterleavedAttention):
         # The authors' qkv and proj also run on the tokens padding the map to window multiples; ours
         # skip some of that work (same outputs), which is added back here to keep the published figures.
