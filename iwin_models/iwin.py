@@ -169,10 +169,10 @@ class InterleavedAttention(nn.Module):
 
 
 class GELU(nn.GELU):
-    """Exact GELU, computed in place when no gradient is being recorded.
+    """Exact GELU that overwrites its input when no gradient is being recorded.
 
-    Inference then never allocates a second copy of the MLP's hidden map, the block's largest tensor
-    (4C channels): at 1024x1024 a fresh 100 MB buffer per stage-0 block.
+    Meant for a fresh input (here the MLP's ``fc1`` output): inference then never allocates a second
+    copy of the block's largest map (4C channels; at 1024x1024 a fresh 100 MB buffer per stage-0 block).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -272,7 +272,7 @@ class PatchEmbed(nn.Module):
         self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
+        H, W = x.shape[-2:]
         p = self.patch_size
         if H % p or W % p:
             x = F.pad(x, (0, -W % p, 0, -H % p))
