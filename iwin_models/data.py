@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from . import ade20k
 
@@ -53,16 +52,9 @@ def read_label(path: str | Path) -> np.ndarray:
     """The class indices stored in a label PNG, as int64 (H, W), without any colour conversion:
     palette ('P') images give their indices, 'L' and 16-bit images their values. An RGB file is
     accepted only when it is grey (R = G = B)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such label file: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            arr = np.asarray(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{path} is not a readable label image ({e})") from e
+    from .inference import read_image_file
+
+    mode, arr = read_image_file(path, lambda img: (img.mode, np.asarray(img)), kind="label")
     if mode in ("P", "L", "1") or mode in _SIXTEEN_BIT:
         return arr.astype(np.int64)
     if mode in ("RGB", "RGBA") and arr.ndim == 3 and (arr[..., 0] == arr[..., 1]).all() \

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from . import ade20k
 
 __all__ = ["load_image", "predict_probs", "segment", "colorize", "overlay", "SAMPLE_IMAGE"]
 
+T = TypeVar("T")
 SAMPLE_IMAGE = Path(__file__).with_name("assets") / "sample.jpg"
 TEST_SCALE = (2048, 512)
 AUG_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -35,15 +37,7 @@ def load_image(source, exif: bool = True) -> np.ndarray:
     shows it.
     """
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"no such image file: {path}")
-        try:
-            with Image.open(path) as img:
-                img.load()
-                return _checked(_pil_to_rgb(ImageOps.exif_transpose(img) if exif else img))
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise ValueError(f"{path} is not a readable image ({e})") from e
+        return read_image_file(source, lambda img: _checked(_pil_to_rgb(ImageOps.exif_transpose(img) if exif else img)))
     if isinstance(source, Image.Image):
         return _checked(_pil_to_rgb(source))
     if isinstance(source, torch.Tensor):
@@ -51,6 +45,20 @@ def load_image(source, exif: bool = True) -> np.ndarray:
     if isinstance(source, np.ndarray):
         return _checked(_array_to_rgb(source))
     raise TypeError(f"expected an image path, PIL image or HxWx3 uint8 array, got {type(source).__name__}")
+
+
+def read_image_file(path, read: Callable[[Image.Image], T], kind: str = "image") -> T:
+    """``read(img)`` of the decoded image file at ``path``; clear errors for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such {kind} file: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return read(img)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        readable = "image" if kind == "image" else f"{kind} image"
+        raise ValueError(f"{path} is not a readable {readable} ({e})") from e
 
 
 def _checked(image: np.ndarray) -> np.ndarray:

@@ -553,15 +553,20 @@ CHECKPOINT_CONTENT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("run, expect", CHECKPOINT_CONTENT_CASES)
-def test_checkpoint_contents(ckpts, run, expect):
+def _check_outcome(call, expect) -> None:
+    """``expect`` is ("raises", error type, message pattern) or (label, predicate on the result)."""
     if expect[0] == "raises":
         with pytest.raises(expect[1], match=expect[2]):
-            run(ckpts)
+            call()
     else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            assert expect[1](run(ckpts))
+        assert expect[1](call())
+
+
+@pytest.mark.parametrize("run, expect", CHECKPOINT_CONTENT_CASES)
+def test_checkpoint_contents(ckpts, run, expect):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the documented "classifiers reinitialised" warning
+        _check_outcome(lambda: run(ckpts), expect)
 
 
 def test_backbone_converter_bad_files(ckpts, tmp_path):
@@ -675,11 +680,7 @@ def _metric_all_ignored():
 
 @pytest.mark.parametrize("run, expect", DATASET_CASES)
 def test_datasets_and_metric(tmp_path, run, expect):
-    if expect[0] == "raises":
-        with pytest.raises(expect[1], match=expect[2]):
-            run(tmp_path)
-    else:
-        assert expect[1](run(tmp_path))
+    _check_outcome(lambda: run(tmp_path), expect)
 
 
 # --- the command line ----------------------------------------------------------------------------------------
