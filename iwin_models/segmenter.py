@@ -69,32 +69,26 @@ class PoolSafeBatchNorm2d(nn.BatchNorm2d):
         return super().forward(x)
 
 
-class UPerNetDecoderInTwo(UPerNetDecoder):
-    """smp's ``UPerNetDecoder`` with its forward split in two: the PSP + FPN pyramid, then the fusion
-    of its maps at stride 4. Gradient checkpointing recomputes the halves one at a time, so the
-    backward pass never holds all of the decoder's stride-4 maps at once. Same modules, same
-    state dict, same outputs as smp's forward (tested)."""
+class UPerNetDecoderChannelsLast(UPerNetDecoder):
+    """smp's ``UPerNetDecoder`` (same modules, same state dict), run channels-last throughout.
 
-    def pyramid(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The PSP output (stride 32) and the FPN maps at strides 16, 8, 4."""
+    Iwin's features are channels-last views of NHWC maps; the PSP branch (1x1 pooled maps) returns
+    NCHW, which would turn every later map NCHW too. One small conversion of the PSP output keeps the
+    whole decoder channels-last, the layout oneDNN's convolutions and the bilinear kernels run fastest.
+    Outputs equal smp's forward up to round-off (tested).
+    """
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         features = [norm(f) for norm, f in zip(self.feature_norms, features[2:])]
-        # Iwin's features are channels-last views of NHWC maps; the PSP branch (1x1 pooled maps) returns
-        # NCHW, which would turn every later map NCHW too. One small conversion keeps the whole decoder
-        # channels-last, the layout oneDNN's convolutions and the bilinear kernels run fastest.
-        maps = [self.psp(features[-1]).contiguous(memory_format=torch.channels_last)]
-        for block, lateral in zip(self.fpn_lateral_blocks, features[-2::-1]):
+        maps = [self.psp(features[-1]).contiguous(memory_format=torch.channels_last)]  # stride 32
+        for block, lateral in zip(self.fpn_lateral_blocks, features[-2::-1]):  # strides 16, 8, 4
             maps.append(block(maps[-1], lateral))
-        return maps[:1] + [conv(m) for conv, m in zip(self.fpn_conv_blocks, maps[1:])]
-
-    def fuse(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        maps = maps[:1] + [conv(m) for conv, m in zip(self.fpn_conv_blocks, maps[1:])]
         size = maps[-1].shape[2:]
         # smp also resizes the stride-4 map to its own size: an exact copy, skipped here
         resized = [m if m.shape[2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
                    for m in maps[::-1]]
         return self.fusion_block(torch.cat(resized, dim=1))
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return self.fuse(self.pyramid(features))
 
 
 def _resize(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -208,7 +202,7 @@ class IwinUPerNet(SegmentationModel):
             f"tu-{encoder_name}", in_channels=in_channels, depth=5,
             weights=True if encoder_weights else None, **(encoder_kwargs or {}))
         stage_channels = self.encoder.out_channels[2:]
-        self.decoder = UPerNetDecoderInTwo(
+        self.decoder = UPerNetDecoderChannelsLast(
             self.encoder.out_channels, encoder_depth=5, decoder_channels=decoder_channels)
         # The backbone's own norm0..3 already normalised the features (see the module docstring).
         self.decoder.feature_norms = nn.ModuleList([nn.Identity() for _ in stage_channels])
@@ -240,15 +234,14 @@ class IwinUPerNet(SegmentationModel):
             raise ValueError("this model has no auxiliary head (aux_channels=0)")
         features = self.encoder(x)
         size = x.shape[-2:]
-        pyramid = self._recomputed(self.decoder.pyramid, features)
-        logits = _resize(self._recomputed(self.decode, pyramid), size)
+        logits = _resize(self._recomputed(self.decode, features), size)
         if not return_aux:
             return logits
         return logits, self.auxiliary_head(features[4], size)  # stage 2 (stride 16)
 
-    def decode(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
-        """Stride-4 logits from the decoder's pyramid."""
-        return self.segmentation_head.classify(self.decoder.fuse(pyramid))
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Stride-4 logits from the encoder's features (mmseg's decode head)."""
+        return self.segmentation_head.classify(self.decoder(features))
 
     def _recomputed(self, fn, *args):
         """``fn(*args)``, under gradient checkpointing when it is on and gradients are being recorded."""

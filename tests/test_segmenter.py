@@ -165,7 +165,7 @@ def test_any_size_any_classes_train_batch1():
 
 
 def test_grad_checkpointing_is_exact_and_counts_batchnorm_once(monkeypatch):
-    """Checkpointing the backbone and both decoder halves changes neither the outputs, the gradients
+    """Checkpointing the backbone and the decoder changes neither the outputs, the gradients
     nor the BatchNorm running statistics (the recomputation must not count the batch twice)."""
     import iwin_models.segmenter as segmenter
 
@@ -183,7 +183,7 @@ def test_grad_checkpointing_is_exact_and_counts_batchnorm_once(monkeypatch):
         logits, aux = model(x, return_aux=True)
         (logits.square().mean() + aux.square().mean()).backward()
         results.append((logits, {k: p.grad for k, p in model.named_parameters()}, dict(model.named_buffers())))
-    assert calls == ["pyramid", "decode"]
+    assert calls == ["decode"]
     assert torch.equal(results[0][0], results[1][0])
     for k, grad in results[0][1].items():
         assert torch.equal(grad, results[1][1][k]), k
@@ -192,17 +192,17 @@ def test_grad_checkpointing_is_exact_and_counts_batchnorm_once(monkeypatch):
     ckpt.eval()
     with torch.no_grad():
         ckpt(x)
-    assert calls == ["pyramid", "decode"], "no recomputation without gradients"
+    assert calls == ["decode"], "no recomputation without gradients"
 
 
-def test_decoder_halves_equal_smp_forward():
+def test_channels_last_decoder_equals_smp_forward():
     from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
 
-    from iwin_models.segmenter import UPerNetDecoderInTwo
+    from iwin_models.segmenter import UPerNetDecoderChannelsLast
 
     torch.manual_seed(0)
     channels = (3, 0, 32, 64, 128, 256)
-    ours, smps = UPerNetDecoderInTwo(channels, 5, 64).eval(), UPerNetDecoder(channels, 5, 64).eval()
+    ours, smps = UPerNetDecoderChannelsLast(channels, 5, 64).eval(), UPerNetDecoder(channels, 5, 64).eval()
     ours.load_state_dict(smps.state_dict(), strict=True)
     features = [torch.randn(2, c, 67 // 2 ** i + 1, 45 // 2 ** i + 1) for i, c in enumerate(channels)]
     with torch.no_grad():  # equal up to round-off: ours runs channels-last
