@@ -32,10 +32,97 @@ from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
+from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
 from .checkpoint import CheckpointError, check_state_dict_fits, unwrap_state_dict
 
-__all__ = ["IwinTransformer", "checkpoint_filter_fn", "interleave_windows", "deinterleave_windows"]
+__all__ = [
+    "IwinTransformer", "checkpoint_filter_fn", "interleave_windows", "deinterleave_windows", "linear",
+    "use_onednn_linears",
+]
+
+_ONEDNN_LINEARS = True
+
+
+def use_onednn_linears(enabled: bool = True) -> bool:
+    """Run float32 CPU linear layers through oneDNN (the default) or torch's ``F.linear``; returns the old setting.
+
+    See :func:`linear`. Both compute the same function; only the float32 round-off differs.
+    """
+    global _ONEDNN_LINEARS
+    previous, _ONEDNN_LINEARS = _ONEDNN_LINEARS, bool(enabled)
+    return previous
+
+
+def _is_traced() -> bool:
+    """Whether a compiler or exporter is recording the graph (it then chooses its own kernels)."""
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def _runs_eagerly_without_grad(x: torch.Tensor) -> bool:
+    """Plain inference: eager, and no autograd graph recorded through ``x``."""
+    return not (torch.is_grad_enabled() and x.requires_grad) and not _is_traced()
+
+
+# Inference runs big maps through the attention and the MLP in chunks of about this many bytes, so that
+# intermediates stay in cache and no big buffer is freshly allocated (on 2 EPYC cores 4-16 MB were
+# alike within noise, 1 MB was 20% slower).
+_CHUNK_BYTES = 8 << 20
+
+
+def _rows_per_chunk(bytes_per_row: int) -> int:
+    """Rows of an inference chunk: its widest intermediate takes about ``_CHUNK_BYTES``."""
+    return max(_CHUNK_BYTES // bytes_per_row, 1)
+
+
+# oneDNN's call overhead (~25 us) outweighs its faster product below about this much work
+_ONEDNN_MIN_MACS = 1 << 22
+
+
+def _onednn_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.device.type == 'cpu' and x.dtype == weight.dtype == torch.float32
+            and x.numel() * weight.shape[0] >= _ONEDNN_MIN_MACS
+            and not torch.is_autocast_enabled('cpu')  # torch's bfloat16 linear already runs on oneDNN
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``, computed by oneDNN for float32 CPU tensors.
+
+    On CPU, torch sends ``F.linear`` to MKL's sgemm. On the AMD EPYC machines we benchmark on it reaches
+    ~220 GFLOP/s on Iwin's shapes, while oneDNN's convolution kernels reach ~500 GFLOP/s on the same
+    products (benchmarks/RESULTS.md). A linear layer on rows is a 1x1 convolution over the rows seen as a
+    channels-last (1, K, rows, 1) image, a view: nothing is copied, and the output comes back as
+    contiguous rows. ``torch.mkldnn_convolution`` is called directly because ``F.conv2d`` picks its
+    native kernel for small inputs. Small products, CUDA, other dtypes, autocast, compilers and
+    exporters get ``F.linear`` unchanged. Autograd works through both.
+    """
+    if not _ONEDNN_LINEARS or _is_traced() or not _onednn_takes(x, weight):
+        return F.linear(x, weight, bias)
+    out_features, in_features = weight.shape
+    rows = x.reshape(-1, in_features).contiguous()
+    image = rows.view(1, rows.shape[0], 1, in_features).permute(0, 3, 1, 2)
+    out = torch.mkldnn_convolution(
+        image, weight.view(out_features, in_features, 1, 1), bias, (0, 0), (1, 1), (1, 1), 1)
+    return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], out_features)
+
+
+def _onednn_convolution_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    return conv_flop_count(x_shape, w_shape, out_shape)
+
+
+# torch's FlopCounterMode counts convolutions through their generic ops only: without a formula for
+# the op that :func:`linear` calls, it would see no work in our linear layers (a torch that counts
+# the op itself keeps its own formula)
+with contextlib.suppress(RuntimeError):
+    register_flop_formula(torch.ops.aten.mkldnn_convolution)(_onednn_convolution_flops)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters) computed by :func:`linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
 
 
 def _grid_blocks(n: int, groups: int) -> list[tuple[slice, slice, slice]]:
@@ -143,9 +230,9 @@ class InterleavedAttention(nn.Module):
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def qkv_skips_padding(self, H: int, W: int, window_size: int) -> bool:
@@ -157,15 +244,34 @@ class InterleavedAttention(nn.Module):
     def forward(self, x: torch.Tensor, window_size: int) -> torch.Tensor:
         _, H, W, C = x.shape
         if self.qkv_skips_padding(H, W, window_size):
-            windows = interleave_windows(self.qkv(x), window_size, pad_value=self.qkv.bias)
+            x = self._attend(interleave_windows(self.qkv(x), window_size, pad_value=self.qkv.bias))
+        elif _runs_eagerly_without_grad(x):
+            x = self._attend_in_chunks(interleave_windows(x, window_size))
         else:
-            windows = self.qkv(interleave_windows(x, window_size))
-        N, L, _ = windows.shape
-        q, k, v = windows.view(N, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            x = self._attend(self.qkv(interleave_windows(x, window_size)))
+        x = deinterleave_windows(x, window_size, H, W)
+        return self.proj_drop(self.proj(x))
+
+    def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """(N, L, 3C) q, k, v of N windows -> (N, L, C) attention output."""
+        N, L, _ = qkv.shape
+        q, k, v = qkv.view(N, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         # SDPA's default scale is head_dim ** -0.5, the official one
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.)
-        x = deinterleave_windows(x.transpose(1, 2).reshape(N, L, C), window_size, H, W)
-        return self.proj_drop(self.proj(x))
+        return x.transpose(1, 2).reshape(N, L, -1)
+
+    def _attend_in_chunks(self, windows: torch.Tensor) -> torch.Tensor:
+        """``_attend(qkv(windows))`` a few windows at a time (inference).
+
+        Windows are independent, and a chunk's q, k, v stay in cache from ``qkv`` to attention instead
+        of making one 3C-channel map in fresh memory (77 MB in the first stage at 1024x1024).
+        """
+        _, L, C = windows.shape
+        per_chunk = max(_rows_per_chunk(3 * C * windows.element_size()) // L, 1)
+        out = torch.empty_like(windows)
+        for src, dst in zip(windows.split(per_chunk), out.split(per_chunk)):
+            dst.copy_(self._attend(self.qkv(src)))
+        return out
 
 
 class GELU(nn.GELU):
@@ -180,6 +286,14 @@ class GELU(nn.GELU):
         if recording or self.approximate != "none":
             return super().forward(x)
         return torch.ops.aten.gelu_(x)
+
+
+class IwinMlp(Mlp):
+    """timm's ``Mlp`` with :class:`Linear` layers (same parameters)."""
+
+    def __init__(self, dim: int, hidden_dim: int, act_layer: Callable = GELU, drop: float = 0.):
+        super().__init__(dim, hidden_dim, act_layer=act_layer, drop=drop)
+        self.fc1, self.fc2 = Linear(dim, hidden_dim), Linear(hidden_dim, dim)
 
 
 class DepthwiseConv(nn.Module):
@@ -229,7 +343,7 @@ class IwinBlock(nn.Module):
         self.dwconv = DepthwiseConv(dim) if use_dwconv else None
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.mlp = IwinMlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -238,7 +352,14 @@ class IwinBlock(nn.Module):
         if self.dwconv is not None:
             mixed = _add_to_temporary(mixed, self.dwconv(y))  # the convolution sees the unpadded map
         x = _add_to_temporary(self.drop_path1(mixed), x)
-        return _add_to_temporary(self.drop_path2(self.mlp(self.norm2(x))), x)
+        if self.training or not _runs_eagerly_without_grad(x) or not x.is_contiguous():
+            return _add_to_temporary(self.drop_path2(self.mlp(self.norm2(x))), x)
+        # x is the fresh sum above, so the MLP branch can be added into it chunk by chunk: the 4C-channel
+        # hidden map (100 MB in the first stage at 1024x1024) then never exists at once
+        rows = x.view(-1, x.shape[-1])
+        for chunk in rows.split(_rows_per_chunk(self.mlp.fc1.out_features * x.element_size())):
+            chunk.add_(self.mlp(self.norm2(chunk)))
+        return x
 
 
 class Downsample(nn.Module):
@@ -279,7 +400,7 @@ class PatchEmbed(nn.Module):
         # A stride-p p x p convolution is a linear layer on the flattened patches; as one matmul it
         # runs ~3x faster than the convolution kernel does with 3 input channels.
         patches = x.unflatten(2, (-1, p)).unflatten(4, (-1, p)).permute(0, 2, 4, 1, 3, 5).flatten(3)
-        return self.norm(F.linear(patches, self.proj.weight.flatten(1), self.proj.bias))
+        return self.norm(linear(patches, self.proj.weight.flatten(1), self.proj.bias))
 
 
 class IwinStage(nn.Module):

@@ -170,14 +170,24 @@ def golden_features(golden):
     return mini_features(golden)
 
 
+@pytest.mark.parametrize("path", ["default", "torch F.linear", "small chunks", "autograd"])
 @pytest.mark.parametrize("case", ["odd", "square"])
-def test_features_only_parity(golden_features, golden, case):
+def test_features_only_parity(golden_features, golden, case, path, monkeypatch):
+    """Every way through the blocks gives the official features: our oneDNN linears and torch's
+    ``F.linear``; inference in chunks of a few tokens or windows (hundreds per block here) and the
+    autograd path, which never chunks."""
+    import iwin_models.iwin as iwin
+
+    if path == "torch F.linear":
+        monkeypatch.setattr(iwin, "_ONEDNN_LINEARS", False)
+    if path == "small chunks":
+        monkeypatch.setattr(iwin, "_CHUNK_BYTES", 4096)
     exp = golden["upernet"]
-    with torch.no_grad():
-        feats = golden_features(exp[f"x_{case}"])
+    with torch.set_grad_enabled(path == "autograd"):
+        feats = golden_features(exp[f"x_{case}"].requires_grad_(path == "autograd"))
     assert isinstance(feats, list) and len(feats) == 4
-    errs = [max_err(f, exp[f"features_{case}_{i}"]) for i, f in enumerate(feats)]
-    print(f"\nfeatures_{case}: max abs errors " + ", ".join(f"{e:.2e}" for e in errs))
+    errs = [max_err(f.detach(), exp[f"features_{case}_{i}"]) for i, f in enumerate(feats)]
+    print(f"\nfeatures_{case} ({path}): max abs errors " + ", ".join(f"{e:.2e}" for e in errs))
     for i, (e, tol) in enumerate(zip(errs, FEATURE_TOL)):
         assert e < tol, (i, e)
 
@@ -622,3 +632,118 @@ def test_gelu_is_exact_and_in_place_only_without_autograd():
     assert torch.equal(out, expected) and out.data_ptr() == y.data_ptr()  # no second buffer
     with torch.no_grad():
         assert torch.equal(GELU(approximate="tanh")(x), torch.nn.functional.gelu(x, approximate="tanh"))
+
+
+# --- 8. CPU kernels: oneDNN linears, inference in chunks ------------------------------------------
+
+def _cpu_kernels(fn) -> set[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {event.key for event in prof.key_averages()}
+
+
+def _largest(t: torch.Tensor) -> float:
+    return t.abs().max().item() if t.numel() else 0.
+
+
+@pytest.mark.parametrize("shape", [(512, 64), (2, 3, 100, 64), "transposed", (0, 64), (3, 64)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_equals_torch_linear_with_gradients(shape, bias):
+    """Large enough for oneDNN (>= 4M multiply-adds), except the empty and the 3-row input."""
+    from iwin_models.iwin import linear
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 512).t() if shape == "transposed" else torch.randn(shape)  # also a non-contiguous input
+    x.requires_grad_()
+    w = torch.randn(128, 64, requires_grad=True)
+    b = torch.randn(128, requires_grad=True) if bias else None
+    out = linear(x, w, b)
+    expected = F.linear(x.double(), w.double(), b.double() if bias else None)
+    assert out.shape == expected.shape and out.dtype == torch.float32 and out.is_contiguous()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6 * _largest(expected))
+    seed = torch.randn(out.shape, dtype=torch.float64)
+    (out.double() * seed).sum().backward()
+    params = [x, w] + ([b] if bias else [])
+    got = [p.grad.double() for p in params]
+    expected_grads = torch.autograd.grad((expected * seed).sum(), params)
+    for g, e in zip(got, expected_grads):  # round-off of sums over up to 600 products
+        torch.testing.assert_close(g, e.double(), rtol=1e-5, atol=1e-6 * _largest(e))
+
+
+def test_linear_takes_onednn_only_for_float32_cpu_outside_autocast(monkeypatch):
+    from iwin_models.iwin import linear, use_onednn_linears
+
+    x, w, b = torch.randn(512, 64), torch.randn(128, 64), torch.randn(128)
+    kernels = _cpu_kernels(lambda: linear(x, w, b))
+    assert "aten::mkldnn_convolution" in kernels and "aten::addmm" not in kernels
+
+    def assert_torch_linear(fn, expected):
+        got = fn()
+        assert torch.equal(got, expected), "not torch's F.linear"
+        assert "aten::mkldnn_convolution" not in _cpu_kernels(fn)
+
+    assert_torch_linear(lambda: linear(x.double(), w.double(), b.double()), F.linear(x.double(), w.double(), b.double()))
+    assert_torch_linear(lambda: linear(x[:8], w, b), F.linear(x[:8], w, b))  # too small to pay
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert_torch_linear(lambda: linear(x, w, b), F.linear(x, w, b))
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.backends.mkldnn, "enabled", False)
+        assert_torch_linear(lambda: linear(x, w, b), F.linear(x, w, b))
+    previous = use_onednn_linears(False)
+    try:
+        assert previous is True
+        assert_torch_linear(lambda: linear(x, w, b), F.linear(x, w, b))
+    finally:
+        use_onednn_linears(previous)
+
+
+def test_flop_counter_sees_the_onednn_linears(monkeypatch):
+    """torch.utils.flop_counter counts the same work whichever kernel runs the linear layers."""
+    import iwin_models.iwin as iwin
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = timm.create_model("iwin_tiny", **MINI).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert "aten::mkldnn_convolution" in _cpu_kernels(lambda: model.layers[0](model.patch_embed(x)))
+    counts = {}
+    for onednn in (True, False):
+        monkeypatch.setattr(iwin, "_ONEDNN_LINEARS", onednn)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+        counts[onednn] = counter.get_total_flops()
+    assert counts[True] == counts[False] > 0
+
+
+def test_iwin_linears_are_plain_linear_parameters():
+    """The oneDNN route changes no parameter: timm's Mlp and nn.Linear keys and shapes."""
+    from iwin_models.iwin import Linear
+
+    block = timm.create_model("iwin_tiny", **MINI).layers[0].blocks[0]
+    assert all(isinstance(m, Linear) for m in (block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2))
+    assert isinstance(block.mlp, timm.layers.Mlp)
+    assert {k: tuple(v.shape) for k, v in block.mlp.state_dict().items()} == {
+        "fc1.weight": (128, 32), "fc1.bias": (128,), "fc2.weight": (32, 128), "fc2.bias": (32,)}
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_block_inference_in_chunks_leaves_the_input_alone(monkeypatch, autocast):
+    """Inference adds the MLP branch into the block's fresh attention sum, chunk by chunk, and attends
+    a few windows at a time: the block's input is never written, and the result is the autograd path's."""
+    import iwin_models.iwin as iwin
+
+    monkeypatch.setattr(iwin, "_CHUNK_BYTES", 2048)  # 4 tokens per MLP chunk, 1 window per attention chunk
+    torch.manual_seed(0)
+    block = iwin.IwinBlock(32, 2, window_size=7).eval()
+    x = torch.randn(2, 20, 23, 32)
+    before = x.clone()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        chunked = block(x)
+    assert torch.equal(x, before)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        whole = block(x.clone().requires_grad_())
+    assert chunked.dtype == whole.dtype == torch.float32
+    tol = 2e-2 if autocast else 1e-5
+    torch.testing.assert_close(chunked, whole.detach(), rtol=tol, atol=tol)

@@ -11,10 +11,12 @@ from conftest import MINI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from iwin_models import iwin
 from iwin_models.iwin import deinterleave_windows, interleave_windows
 from iwin_models.segmenter import IwinUPerNet
 
 # the autouse TORCH_HOME fixture is function-scoped; it does not matter between examples here
+DEFAULT_CHUNK_BYTES = iwin._CHUNK_BYTES
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -138,11 +140,16 @@ def test_padding_interleave_equals_pad_then_interleave(b, h, w, ws, fill, seed):
 
 
 @settings(max_examples=40, **SETTINGS)
-@given(h=st.integers(1, 20), w=st.integers(1, 20), ws=st.integers(1, 8), heads=st.sampled_from([1, 2, 4]))
-def test_attention_equals_padding_first(h, w, ws, heads):
-    """Our attention (qkv before padding, proj after cropping) equals the official order: pad the
-    normalised map with zeros, qkv/attention/proj on every token, crop."""
+@given(h=st.integers(1, 20), w=st.integers(1, 20), ws=st.integers(1, 8), heads=st.sampled_from([1, 2, 4]),
+       small_chunks=st.booleans())
+def test_attention_equals_padding_first(h, w, ws, heads, small_chunks, monkeypatch):
+    """Our attention (qkv before padding, proj after cropping, windows attended a few at a time in
+    inference) equals the official order: pad the normalised map with zeros, qkv/attention/proj on
+    every token, crop."""
     from iwin_models.iwin import InterleavedAttention
+
+    # (hypothesis examples share the monkeypatch: set it either way) 1000 bytes: one window per chunk
+    monkeypatch.setattr(iwin, "_CHUNK_BYTES", 1000 if small_chunks else DEFAULT_CHUNK_BYTES)
 
     torch.manual_seed(h * 1000 + w * 10 + ws)
     attn = InterleavedAttention(8, heads).double().eval()
