@@ -59,14 +59,15 @@ def _is_traced() -> bool:
     return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
-def _runs_eagerly_without_grad(x: torch.Tensor) -> bool:
-    """Plain inference: eager, and no autograd graph recorded through ``x``."""
-    return not (torch.is_grad_enabled() and x.requires_grad) and not _is_traced()
+def _runs_in_chunks(x: torch.Tensor) -> bool:
+    """Eager CPU inference (no autograd graph through ``x``): big maps then go through in chunks."""
+    return x.device.type == 'cpu' and not (torch.is_grad_enabled() and x.requires_grad) and not _is_traced()
 
 
-# Inference runs big maps through the attention and the MLP in chunks of about this many bytes, so that
-# intermediates stay in cache and no big buffer is freshly allocated (on 2 EPYC cores 4-16 MB were
-# alike within noise, 1 MB was 20% slower).
+# CPU inference runs big maps through the attention and the MLP in chunks of about this many bytes, so
+# that intermediates stay in cache and no big buffer is freshly allocated and page-faulted in (on 2 EPYC
+# cores 4-16 MB were alike within noise, 1 MB was 20% slower). GPUs have a caching allocator and prefer
+# fewer, larger kernels.
 _CHUNK_BYTES = 8 << 20
 
 
@@ -245,7 +246,7 @@ class InterleavedAttention(nn.Module):
         _, H, W, C = x.shape
         if self.qkv_skips_padding(H, W, window_size):
             x = self._attend(interleave_windows(self.qkv(x), window_size, pad_value=self.qkv.bias))
-        elif _runs_eagerly_without_grad(x):
+        elif _runs_in_chunks(x):
             x = self._attend_in_chunks(interleave_windows(x, window_size))
         else:
             x = self._attend(self.qkv(interleave_windows(x, window_size)))
@@ -261,7 +262,7 @@ class InterleavedAttention(nn.Module):
         return x.transpose(1, 2).reshape(N, L, -1)
 
     def _attend_in_chunks(self, windows: torch.Tensor) -> torch.Tensor:
-        """``_attend(qkv(windows))`` a few windows at a time (inference).
+        """``_attend(qkv(windows))`` a few windows at a time (CPU inference).
 
         Windows are independent, and a chunk's q, k, v stay in cache from ``qkv`` to attention instead
         of making one 3C-channel map in fresh memory (77 MB in the first stage at 1024x1024).
@@ -352,7 +353,7 @@ class IwinBlock(nn.Module):
         if self.dwconv is not None:
             mixed = _add_to_temporary(mixed, self.dwconv(y))  # the convolution sees the unpadded map
         x = _add_to_temporary(self.drop_path1(mixed), x)
-        if self.training or not _runs_eagerly_without_grad(x) or not x.is_contiguous():
+        if self.training or not _runs_in_chunks(x) or not x.is_contiguous():
             return _add_to_temporary(self.drop_path2(self.mlp(self.norm2(x))), x)
         # x is the fresh sum above, so the MLP branch can be added into it chunk by chunk: the 4C-channel
         # hidden map (100 MB in the first stage at 1024x1024) then never exists at once
