@@ -82,6 +82,7 @@ _ONEDNN_MIN_MACS = 1 << 22
 
 def _onednn_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == 'cpu' and x.dtype == weight.dtype == torch.float32
+            and x.shape[-1] == weight.shape[1]  # otherwise F.linear raises its shape error
             and x.numel() * weight.shape[0] >= _ONEDNN_MIN_MACS
             and not torch.is_autocast_enabled('cpu')  # torch's bfloat16 linear already runs on oneDNN
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
@@ -104,7 +105,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     rows = x.reshape(-1, in_features).contiguous()
     image = rows.view(1, rows.shape[0], 1, in_features).permute(0, 3, 1, 2)
     out = torch.mkldnn_convolution(
-        image, weight.view(out_features, in_features, 1, 1), bias, (0, 0), (1, 1), (1, 1), 1)
+        image, weight.reshape(out_features, in_features, 1, 1), bias, (0, 0), (1, 1), (1, 1), 1)
     return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], out_features)
 
 

@@ -699,6 +699,16 @@ def test_linear_takes_onednn_only_for_float32_cpu_outside_autocast(monkeypatch):
         use_onednn_linears(previous)
 
 
+def test_linear_rejects_a_wrong_width_like_torch():
+    """A map whose width does not match the layer must fail, even where its size would reshape."""
+    from iwin_models.iwin import linear
+
+    x, w = torch.randn(1, 64, 64, 96), torch.randn(256, 64)  # 64*64*96 rows of 64 would fit
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        linear(x, w)
+    torch.testing.assert_close(linear(x[..., :64], w.t().contiguous().t()), F.linear(x[..., :64], w))
+
+
 def test_flop_counter_sees_the_onednn_linears(monkeypatch):
     """torch.utils.flop_counter counts the same work whichever kernel runs the linear layers."""
     import iwin_models.iwin as iwin
