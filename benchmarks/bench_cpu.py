@@ -43,7 +43,21 @@ MINI = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
 
 # --- helpers -------------------------------------------------------------------------------------
 
-def timed_alternating(fns: dict, reps: int, warmup: int = 1) -> dict[str, float]:
+def seconds_of(f, device: torch.device | None = None) -> float:
+    """Seconds one call of ``f`` takes: wall clock, or CUDA events around it on a CUDA device."""
+    if device is None or device.type != "cuda":
+        t = time.perf_counter()
+        f()
+        return time.perf_counter() - t
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    f()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def timed_alternating(fns: dict, reps: int, warmup: int = 1, device: torch.device | None = None) -> dict[str, float]:
     """Median seconds per call of each function, calls interleaved A B C A B C ..."""
     times = {k: [] for k in fns}
     with torch.no_grad():
@@ -52,9 +66,7 @@ def timed_alternating(fns: dict, reps: int, warmup: int = 1) -> dict[str, float]
                 f()
         for _ in range(reps):
             for k, f in fns.items():
-                t = time.perf_counter()
-                f()
-                times[k].append(time.perf_counter() - t)
+                times[k].append(seconds_of(f, device))
     return {k: statistics.median(v) for k, v in times.items()}
 
 

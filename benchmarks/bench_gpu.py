@@ -13,40 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_cpu import SEGMENTER_PAIRS, machine, segmenter_pair  # noqa: E402
-
-
-def seconds_per_pass(fns: dict, device: torch.device, reps: int, warmup: int) -> dict[str, float]:
-    """Median seconds of one call of each function, calls interleaved A B A B ..."""
-    def once(f) -> float:
-        if device.type != "cuda":
-            t = time.perf_counter()
-            f()
-            return time.perf_counter() - t
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        f()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-
-    times = {k: [] for k in fns}
-    for _ in range(warmup):
-        for f in fns.values():
-            once(f)
-    for _ in range(reps):
-        for k, f in fns.items():
-            times[k].append(once(f))
-    return {k: statistics.median(v) for k, v in times.items()}
+from bench_cpu import SEGMENTER_PAIRS, machine, segmenter_pair, timed_alternating  # noqa: E402
 
 
 def peak_memory_mib(f, device: torch.device) -> float | None:
@@ -88,7 +62,7 @@ def main(argv=None) -> int:
                 return model(x)
 
         fns = {k: (lambda m=m: forward(m)) for k, m in models.items()}
-        t = seconds_per_pass(fns, device, args.reps, args.warmup)
+        t = timed_alternating(fns, args.reps, args.warmup, device)
         entry = dict(seconds=t, images_per_s={k: args.batch / v for k, v in t.items()},
                      iwin_over_swin=t["iwin"] / t["swin"],
                      peak_mib={k: peak_memory_mib(f, device) for k, f in fns.items()})

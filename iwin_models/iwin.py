@@ -59,9 +59,14 @@ def _is_traced() -> bool:
     return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
+def _records_grad(x: torch.Tensor) -> bool:
+    """Whether autograd records the operations on ``x``."""
+    return torch.is_grad_enabled() and x.requires_grad
+
+
 def _runs_in_chunks(x: torch.Tensor) -> bool:
     """Eager CPU inference (no autograd graph through ``x``): big maps then go through in chunks."""
-    return x.device.type == 'cpu' and not (torch.is_grad_enabled() and x.requires_grad) and not _is_traced()
+    return x.device.type == 'cpu' and not _records_grad(x) and not _is_traced()
 
 
 # CPU inference runs big maps through the attention and the MLP in chunks of about this many bytes, so
@@ -284,8 +289,7 @@ class GELU(nn.GELU):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        recording = torch.is_grad_enabled() and x.requires_grad
-        if recording or self.approximate != "none":
+        if _records_grad(x) or self.approximate != "none":
             return super().forward(x)
         return torch.ops.aten.gelu_(x)
 

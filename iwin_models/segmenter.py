@@ -31,7 +31,7 @@ from segmentation_models_pytorch.encoders import get_encoder
 from torch.utils.checkpoint import checkpoint
 
 from . import ade20k
-from . import iwin as _iwin  # noqa: F401  (registers the timm models used as encoders)
+from . import iwin as _iwin  # also registers the timm models used as encoders
 from .checkpoint import CheckpointError, check_state_dict_fits, convert_mmseg_upernet, load_url, read_checkpoint
 
 __all__ = [
@@ -228,7 +228,7 @@ class IwinUPerNet(SegmentationModel):
             raise ValueError("the input holds NaN or Inf values")
 
     def forward(self, x: torch.Tensor, return_aux: bool = False):
-        if not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()):
+        if not _iwin._is_traced():
             self.check_input_shape(x)
         if return_aux and self.auxiliary_head is None:
             raise ValueError("this model has no auxiliary head (aux_channels=0)")
