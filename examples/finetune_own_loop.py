@@ -3,13 +3,19 @@
     python examples/finetune_own_loop.py --num-classes 4 --out my_segmenter
     python examples/finetune_own_loop.py --weights iwin_tiny_ade20k.pth   # a downloaded checkpoint
     python examples/finetune_own_loop.py --tiny --no-pretrained --steps 5 # offline smoke run
+
+The loop is yours; the recipe's pieces come from ``iwin_models.training``: AdamW without weight decay
+on norms and biases (``build_optimizer``), warm-up + poly lr (``build_scheduler``), one step with the
+auxiliary loss (``train_step``) and an atomic checkpoint (``save_checkpoint``: a crash while writing
+leaves the previous one intact). ``iwin-seg train`` runs the whole recipe (resume, DDP, validation).
 """
 import argparse
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from iwin_models import IwinUPerNet, iwin_tiny_upernet_ade20k
+from iwin_models.training import build_optimizer, build_scheduler, save_checkpoint, train_step
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--num-classes", type=int, default=4)
@@ -17,6 +23,7 @@ parser.add_argument("--weights", help="local ADE20K checkpoint instead of the of
 parser.add_argument("--no-pretrained", action="store_true", help="random init (offline)")
 parser.add_argument("--tiny", action="store_true", help="a small random model, for a quick run")
 parser.add_argument("--steps", type=int, default=200)
+parser.add_argument("--checkpoint-every", type=int, default=100, metavar="N", help="OUT/training_state.pth")
 parser.add_argument("--out", default="my_segmenter")
 args = parser.parse_args()
 device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -52,23 +59,23 @@ dataset = ToyShapes()
 #   dataset = FolderSegmentationDataset("data/images", "data/labels", ["background", "cat", "dog", "bird"],
 #                                       transform=build_train_transform(crop_size=512))
 loader = torch.utils.data.DataLoader(dataset, batch_size=2, shuffle=True, drop_last=True)
-optimizer = torch.optim.AdamW(model.parameters(), lr=6e-5, weight_decay=0.01)
+optimizer = build_optimizer(model, lr=6e-5, weight_decay=0.01)
+scheduler = build_scheduler(optimizer, iters=args.steps, warmup=max(args.steps // 10, 1))  # recipe: 1500 of 160k
+state_file = Path(args.out) / "training_state.pth"
 
 step = 0
 while step < args.steps:
     for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        logits, aux_logits = model(images, return_aux=True)
-        loss = F.cross_entropy(logits, labels, ignore_index=255) + 0.4 * F.cross_entropy(aux_logits, labels,
-                                                                                         ignore_index=255)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        loss = train_step(model, images.to(device), labels.to(device), optimizer, aux_weight=0.4)
+        scheduler.step()
         step += 1
         print(f"step {step}/{args.steps} loss {loss.item():.4f}")
+        if step % args.checkpoint_every == 0 or step == args.steps:  # resume: torch.load(state_file, weights_only=True)
+            save_checkpoint(dict(step=step, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                 scheduler=scheduler.state_dict()), state_file)
         if step == args.steps:
             break
 
 model.set_class_info([f"class {i}" for i in range(args.num_classes)], None)  # your names here
 model.save_pretrained(args.out)  # reload: IwinUPerNet.from_pretrained(args.out) or smp.from_pretrained(args.out)
-print(f"saved to {args.out}")
+print(f"saved to {args.out} (training state: {state_file})")

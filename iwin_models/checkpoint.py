@@ -1,8 +1,9 @@
-"""Reading checkpoints safely and converting the authors' layouts to ours.
+"""Reading checkpoints safely: files, URLs through the torch.hub cache, and strict-fit checks.
 
 Every ``torch.load`` here uses ``weights_only=True``: a weights file never runs code. The authors'
 files are plain ``{'model': state_dict}`` (ImageNet) or mmseg 0.x ``{'meta': ..., 'state_dict': ...}``
-(ADE20K), both readable that way.
+(ADE20K), both readable that way. Their key names are mapped to ours in :mod:`iwin_models.convert`;
+this module knows no model and imports none.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 
 __all__ = [
     "CheckpointError", "check_state_dict_fits", "unwrap_state_dict", "read_checkpoint", "cached_path_for_url",
-    "load_url", "convert_mmseg_upernet",
+    "load_url",
 ]
 
 
@@ -175,72 +176,3 @@ def check_state_dict_fits(state_dict: dict, model_state: dict, model_name: str, 
     lines.append(f"  {hint}")
     raise CheckpointError("\n".join(lines))
 
-
-# --- mmseg UPerNet -> IwinUPerNet --------------------------------------------------------------
-
-_CONV_MODULE = (("conv.weight", "0.weight"), ("bn.", "1."))
-
-
-def _conv_module(key: str) -> str:
-    """mmcv ConvModule (``conv``, ``bn``) -> smp Conv2dReLU (``0``, ``1``)."""
-    for old, new in _CONV_MODULE:
-        if key.startswith(old):
-            return new + key[len(old):]
-    raise KeyError(key)
-
-
-def _decode_head_key(rest: str) -> str:
-    parts = rest.split(".")
-    if parts[0] == "psp_modules":  # psp_modules.{k}.1.conv.weight -> psp.blocks.{k}.1.0.weight
-        return f"decoder.psp.blocks.{parts[1]}.1.{_conv_module('.'.join(parts[3:]))}"
-    if parts[0] == "bottleneck":
-        return f"decoder.psp.out_conv.{_conv_module('.'.join(parts[1:]))}"
-    if parts[0] == "lateral_convs":  # mmseg counts fine->coarse, smp coarse->fine (stage 2 first)
-        return f"decoder.fpn_lateral_blocks.{2 - int(parts[1])}.conv_norm_relu.{_conv_module('.'.join(parts[2:]))}"
-    if parts[0] == "fpn_convs":
-        return f"decoder.fpn_conv_blocks.{2 - int(parts[1])}.{_conv_module('.'.join(parts[2:]))}"
-    if parts[0] == "fpn_bottleneck":
-        return f"decoder.fusion_block.{_conv_module('.'.join(parts[1:]))}"
-    if parts[0] == "conv_seg":
-        return f"segmentation_head.conv_seg.{parts[1]}"
-    raise KeyError(rest)
-
-
-def _auxiliary_head_key(rest: str) -> str:
-    parts = rest.split(".")
-    if parts[0] == "convs":
-        return f"auxiliary_head.convs.{parts[1]}.{_conv_module('.'.join(parts[2:]))}"
-    if parts[0] == "conv_seg":
-        return f"auxiliary_head.conv_seg.{parts[1]}"
-    raise KeyError(rest)
-
-
-def convert_mmseg_upernet(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The authors' mmseg UPerNet state dict in :class:`~iwin_models.segmenter.IwinUPerNet` names.
-
-    ``backbone.*`` -> ``encoder.model.model.*`` (timm names, see :func:`iwin_models.iwin.remap_official_keys`),
-    ``decode_head.*`` -> smp's ``decoder.*`` and our ``segmentation_head.conv_seg``,
-    ``auxiliary_head.*`` -> ``auxiliary_head.*``. Raises :class:`CheckpointError` on a key it does
-    not know, so nothing is dropped silently.
-    """
-    from .iwin import remap_official_keys
-
-    backbone = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
-    out = {f"encoder.model.model.{k}": v for k, v in remap_official_keys(backbone).items()}
-    unknown = []
-    for k, v in state_dict.items():
-        head, _, rest = k.partition(".")
-        try:
-            if head == "decode_head":
-                out[_decode_head_key(rest)] = v
-            elif head == "auxiliary_head":
-                out[_auxiliary_head_key(rest)] = v
-            elif head != "backbone":
-                unknown.append(k)
-        except (KeyError, IndexError, ValueError):
-            unknown.append(k)
-    if unknown:
-        raise CheckpointError(
-            f"not an Iwin UPerNet checkpoint: {len(unknown)} keys are not backbone/decode_head/auxiliary_head "
-            f"entries we know, e.g. {unknown[:3]}")
-    return out

@@ -20,6 +20,7 @@ random draw comes from torch's global generator, so a sample is a function of th
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -42,8 +43,8 @@ _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 def read_image(path: str | Path, exif: bool = True) -> np.ndarray:
     """RGB uint8 array (H, W, 3) of an image file; grey, RGBA, palette and 16-bit images are converted
-    and (with ``exif``) the EXIF orientation is applied (see :func:`iwin_models.inference.load_image`)."""
-    from .inference import load_image
+    and (with ``exif``) the EXIF orientation is applied (see :func:`iwin_models.io.load_image`)."""
+    from .io import load_image
 
     return load_image(Path(path), exif=exif)
 
@@ -52,7 +53,7 @@ def read_label(path: str | Path) -> np.ndarray:
     """The class indices stored in a label PNG, as int64 (H, W), without any colour conversion:
     palette ('P') images give their indices, 'L' and 16-bit images their values. An RGB file is
     accepted only when it is grey (R = G = B)."""
-    from .inference import read_image_file
+    from .io import read_image_file
 
     mode, arr = read_image_file(path, lambda img: (img.mode, np.asarray(img)), kind="label")
     if mode in ("P", "L", "1") or mode in _SIXTEEN_BIT:
@@ -262,28 +263,30 @@ def _coin() -> bool:
     return bool(torch.randint(2, ()))
 
 
-def _rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) RGB in [0, 1] -> HSV, all in [0, 1)."""
-    r, g, b = img.unbind(0)
-    maxc, _ = img.max(0)
-    minc, _ = img.min(0)
-    delta = maxc - minc
-    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
-    d = delta.clamp_min(1e-12)
-    h = torch.where(maxc == r, (g - b) / d, torch.where(maxc == g, 2.0 + (b - r) / d, 4.0 + (r - g) / d))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    return torch.stack([h, s, maxc])
+def _scale_saturation(img: torch.Tensor, factor: float) -> torch.Tensor:
+    """(3, H, W) RGB with its HSV saturation multiplied by ``factor`` and clipped to 1 (mmcv's step).
+
+    Not ``TF.adjust_saturation``: that blends with the grey image (PIL's definition). With hue and
+    value kept, each channel is ``V - S * V * k(H)``, so scaling S scales every channel's distance to
+    the pixel's maximum ``V``: exact, with no HSV round trip. The clip at S = 1 caps the factor per
+    pixel at ``V / (V - min)``.
+    """
+    v = img.amax(0, keepdim=True)
+    spread = v - img.amin(0, keepdim=True)
+    cap = torch.where(spread > 0, v / spread.clamp_min(1e-12), torch.full_like(v, math.inf))
+    return v - cap.clamp(max=max(factor, 0.0)) * (v - img)
 
 
-def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    h, s, v = hsv.unbind(0)
-    h6 = h * 6.0
-    i = torch.floor(h6)
-    f = h6 - i
-    i = i.long() % 6
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    table = torch.stack([torch.stack(c) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))])
-    return torch.gather(table, 0, i[None, None].expand(1, 3, *i.shape))[0]
+def _saturation_and_hue(img: torch.Tensor, saturation: float | None, hue: int | None) -> torch.Tensor:
+    """mmseg's saturation (HSV S times ``saturation``, clipped to 1) and hue (H plus ``hue`` steps of
+    OpenCV's 0..180 scale) steps on a float (3, H, W) RGB image in 0..255; whole numbers out."""
+    from torchvision.transforms.v2 import functional as TF
+
+    if saturation is not None:
+        img = _scale_saturation(img, saturation)
+    if hue is not None:  # torchvision's HSV round trip; its hue shift is in turns, in [-0.5, 0.5]
+        img = TF.adjust_hue(img / 255.0, (hue / 180.0 + 0.5) % 1.0 - 0.5) * 255.0
+    return img.round().clamp(0, 255)
 
 
 class TrainTransform:
@@ -383,13 +386,8 @@ class TrainTransform:
         saturation = _uniform(*self.saturation_range) if _coin() else None  # HSV S channel factor
         # hue: an integer shift on OpenCV's 0..180 hue scale (2 degrees a step), as mmseg
         hue = int(torch.randint(-self.hue_delta, self.hue_delta, ())) if _coin() else None
-        if saturation is not None or hue is not None:  # one HSV round trip for both
-            hsv = _rgb_to_hsv(img / 255.0)
-            if saturation is not None:
-                hsv[1] = (hsv[1] * saturation).clamp(0, 1)
-            if hue is not None:
-                hsv[0] = (hsv[0] + hue / 180.0) % 1.0
-            img = (_hsv_to_rgb(hsv) * 255.0).round().clamp(0, 255)
+        if saturation is not None or hue is not None:
+            img = _saturation_and_hue(img, saturation, hue)
         if not contrast_first:
             img = contrast(img)
         return img

@@ -1,4 +1,4 @@
-"""mIoU evaluation as mmseg computes it, on one or many processes; the ``iwin-seg eval`` command.
+"""mIoU evaluation as mmseg computes it, on one or many processes (the command is :mod:`iwin_models.cli.eval`).
 
 Per class, the intersection, union, predicted area and labelled area (pixels whose label is not the
 ignore index) are summed over the whole data set; then ``IoU = I / U`` and ``Acc = I / label area``
@@ -8,26 +8,17 @@ one process or many (``torchrun``, each taking every N-th image) computed them.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from . import ade20k
+from .distributed import any_process, world
 
-__all__ = ["IoUMetric", "evaluate", "format_results", "add_arguments", "run"]
-
-
-def _dist_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+__all__ = ["IoUMetric", "evaluate", "format_results", "summary_line", "json_ready"]
 
 
 def _as_long(x, what: str) -> torch.Tensor:
@@ -100,8 +91,8 @@ class IoUMetric:
     def reduce(self) -> IoUMetric:
         """A new metric with the accumulators summed over all processes (a copy without distributed)."""
         totals = self._flat().clone()
-        rank, world = _dist_world()
-        if world > 1:
+        _, world_size = world()
+        if world_size > 1:
             backend = dist.get_backend()
             device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
             buf = totals.to(device)
@@ -134,13 +125,6 @@ class IoUMetric:
 def _nanmean(values: np.ndarray) -> float:
     valid = values[~np.isnan(values)]
     return float(valid.mean()) if valid.size else math.nan
-
-
-def _any_process(flag: bool) -> bool:
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 def _raw_sample(dataset, index: int):
@@ -186,14 +170,14 @@ def evaluate(model, dataset, *, aug: bool = False, slide: bool = False, dtype: t
     model_classes = getattr(model, "num_classes", None)
     if model_classes is not None and model_classes != n:
         raise ValueError(f"the model predicts {model_classes} classes but the data set has {n}")
-    rank, world = _dist_world()
+    rank, world_size = world()
     total = len(dataset) if limit is None else min(int(limit), len(dataset))
     metric = IoUMetric(n, getattr(dataset, "ignore_index", ade20k.IGNORE_INDEX))
     was_training = model.training
     error = None
     try:
-        indices = range(rank, total, world)
-        bar = tqdm(indices, desc="eval" if world == 1 else f"eval (rank 0 of {world})", unit="img",
+        indices = range(rank, total, world_size)
+        bar = tqdm(indices, desc="eval" if world_size == 1 else f"eval (rank 0 of {world_size})", unit="img",
                    disable=not progress or rank != 0, dynamic_ncols=True)
         for i in bar:
             image, label = _raw_sample(dataset, i)
@@ -203,8 +187,8 @@ def evaluate(model, dataset, *, aug: bool = False, slide: bool = False, dtype: t
         error = e
     finally:
         model.train(was_training)
-    if world > 1:
-        failed = _any_process(error is not None)
+    if world_size > 1:
+        failed = any_process(error is not None)
         if failed and error is None:
             raise RuntimeError("evaluation failed in another process (see its message)")
     if error is not None:
@@ -229,7 +213,8 @@ def summary_line(result: dict) -> str:
             f"  ({result.get('num_images', '?')} images)")
 
 
-def _json_ready(result: dict) -> dict:
+def json_ready(result: dict) -> dict:
+    """``result`` with arrays as lists and NaN as None, for ``json.dumps``."""
     out = {}
     for k, v in result.items():
         if isinstance(v, np.ndarray):
@@ -238,142 +223,3 @@ def _json_ready(result: dict) -> dict:
             v = None
         out[k] = v
     return out
-
-
-# --- iwin-seg eval --------------------------------------------------------------------------------
-
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def add_arguments(parser) -> None:
-    from .segmenter import SEGMENTERS
-
-    g = parser.add_argument_group("model")
-    g.add_argument("--model", default="iwin_tiny_upernet_ade20k",
-                   help=f"segmenter name ({', '.join(SEGMENTERS)}) or a folder written by save_pretrained "
-                        f"(default: %(default)s)")
-    g.add_argument("--weights", help="official mmseg .pth, safetensors file or save_pretrained folder, or URL "
-                                     "(default: the official checkpoint, from the torch.hub cache)")
-    g = parser.add_argument_group("data (ADE20K, or a folder data set)")
-    g.add_argument("--data-root", metavar="DIR", help="ADEChallengeData2016 folder (or its parent)")
-    g.add_argument("--split", default="validation", choices=["validation", "training"],
-                   help="ADE20K split (default: %(default)s)")
-    g.add_argument("--images", metavar="DIR", help="folder data set: images (jpg/png)")
-    g.add_argument("--labels", metavar="DIR", help="folder data set: label PNGs with the same stems")
-    g.add_argument("--class-names", metavar="FILE",
-                   help="folder data set: class names, a file (one per line, or a JSON list) or a comma list "
-                        "(default: the model's)")
-    g.add_argument("--num-classes", type=int,
-                   help="folder data set without --class-names: number of classes (default: the model's)")
-    g.add_argument("--ignore-index", type=int, default=255,
-                   help="folder data set: label value of ignored pixels (default: %(default)s)")
-    g.add_argument("--reduce-zero-label", action="store_true",
-                   help="folder data set: label 0 is 'unlabelled' and 1..C the classes (as ADE20K)")
-    g.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images only")
-    g = parser.add_argument_group("test protocol")
-    g.add_argument("--aug", action="store_true", help="multi-scale (0.5..1.75) + flip test-time augmentation")
-    g.add_argument("--slide", action="store_true", help="sliding-window inference (512 crops, stride 341)")
-    g.add_argument("--scale", type=int, nargs=2, default=(2048, 512), metavar=("LONG", "SHORT"),
-                   help="test scale the image is fitted into (default: 2048 512)")
-    g.add_argument("--dtype", choices=sorted(_DTYPES), default="fp32", help="autocast precision (default: fp32)")
-    g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available, else cpu)")
-    g.add_argument("--json", metavar="FILE", help="also write the figures (and per-class sums) as JSON")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _restart_scoped_store():
-    """torchrun's store for this generation of workers, or None to let torch.distributed make it.
-
-    The elastic agent keeps one store for the whole job (``TORCHELASTIC_USE_AGENT_STORE``), and the
-    process group writes the same keys in it on every start; after ``torchrun --max-restarts``
-    restarts the workers, one of them can read the address its dead predecessor left and fail
-    (gloo: ``connectFullMesh ... Connection refused``) or wait for it until the timeout. On one node
-    every worker gets the same ``TORCHELASTIC_RESTART_COUNT``, so the keys are put under it. Across
-    nodes that count is per node and cannot scope them: launch torchrun there with
-    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (a new store for every restart).
-    """
-    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if (restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
-            or os.environ.get("LOCAL_WORLD_SIZE") != os.environ.get("WORLD_SIZE")):
-        return None
-    store, _, _ = next(dist.rendezvous("env://"))
-    return dist.PrefixStore(f"iwin_models/restart_{restart}", store)
-
-
-def init_distributed(device_arg: str | None) -> tuple[torch.device, bool]:
-    """The device of this process and whether this call started torch.distributed.
-
-    Under torchrun (WORLD_SIZE > 1) the process group is initialised with nccl on GPUs, gloo on CPU;
-    without ``device_arg`` each process takes cuda:LOCAL_RANK when CUDA is available, else the CPU.
-    On one node, workers that ``torchrun --max-restarts`` restarted form a fresh group (see
-    :func:`_restart_scoped_store`).
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    try:
-        device = torch.device(device_arg) if device_arg else (
-            torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu"))
-    except RuntimeError as e:
-        raise ValueError(f"bad device {device_arg!r}: {e}") from None
-    if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", local_rank if world_size > 1 else 0)
-        torch.cuda.set_device(device)
-    started = False
-    if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        store = _restart_scoped_store()
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None, store=store,
-                                rank=int(os.environ["RANK"]) if store is not None else -1,
-                                world_size=world_size if store is not None else -1)
-        started = True
-    return device, started
-
-
-def _build_dataset(args, model):
-    from .data import ADE20KDataset, FolderSegmentationDataset, read_class_names
-
-    if args.data_root:
-        if args.images or args.labels:
-            raise ValueError("give either --data-root (ADE20K) or --images/--labels (a folder data set), not both")
-        return ADE20KDataset(args.data_root, args.split)
-    if not (args.images and args.labels):
-        raise ValueError("no data: give --data-root ADEChallengeData2016, or --images DIR --labels DIR")
-    if args.class_names:
-        names = read_class_names(args.class_names)
-        if args.num_classes is not None and args.num_classes != len(names):
-            raise ValueError(f"--num-classes {args.num_classes} but {len(names)} class names")
-    else:
-        n = args.num_classes or model.num_classes
-        names = model.class_names if model.class_names and len(model.class_names) == n else \
-            [f"class {i}" for i in range(n)]
-    palette = model.palette if model.palette and len(model.palette) == len(names) else None
-    return FolderSegmentationDataset(args.images, args.labels, names, ignore_index=args.ignore_index,
-                                     reduce_zero_label=args.reduce_zero_label, palette=palette)
-
-
-def run(args) -> int:
-    from .inference import load_model
-
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be positive, got {args.limit}")
-    device, started = init_distributed(args.device)
-    try:
-        rank, world = _dist_world()
-        model = load_model(args.model, args.weights, str(device))
-        dataset = _build_dataset(args, model)
-        result = evaluate(model, dataset, aug=args.aug, slide=args.slide, dtype=_DTYPES[args.dtype],
-                          progress=not args.no_progress, scale=tuple(args.scale), limit=args.limit)
-        if rank == 0:
-            print(f"{getattr(model, 'name', type(model).__name__)} on {result['num_images']} images "
-                  f"({'aug' if args.aug else 'single scale'}{', slide' if args.slide else ''}, "
-                  f"{world} process{'es' if world > 1 else ''})")
-            print(format_results(result, dataset.class_names))
-            if args.json:
-                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json).write_text(json.dumps(_json_ready(result), indent=1), encoding="utf-8")
-            sys.stdout.flush()
-    finally:
-        if started:
-            dist.destroy_process_group()
-    return 0

@@ -1,15 +1,11 @@
-"""Export a segmenter for a fixed input size: ONNX (``torch.onnx.export``, dynamo exporter) or
-``torch.export`` (an ``ExportedProgram``), and the ``iwin-seg export`` command.
+"""Export a segmenter: ONNX (``torch.onnx.export``, dynamo exporter) or ``torch.export`` (an
+``ExportedProgram``); the command is :mod:`iwin_models.cli.export`.
 
-The exported graph takes a normalised image batch (1, 3, height, width) and returns the logits
-(1, classes, height, width); the auxiliary head is not part of it. The padding Iwin does inside
-every block depends on the size, so the graph is made for one size: export once per size you serve.
-
-``iwin-seg export`` builds the model from ``--model`` (a registered name or a folder written by
-``save_pretrained``) and ``--weights``. Without ``--weights`` a registered name gives a model with
-*random* weights (a warning says so; useful to try the export or measure speed offline), rather than
-downloading the official checkpoint behind the user's back: pass ``--weights`` with the official
-``.pth`` (or a converted folder) for a useful model.
+The exported graph takes a normalised image batch (N, C, H, W) and returns the logits
+(N, classes, H, W); the auxiliary head is not part of it. By default the graph is made for one size,
+batch 1 (``height`` x ``width``). With ``dynamic=True`` batch, height and width are free: one graph
+serves every size (Iwin's interleave is a reshape and a pad with no roll and no mask, so nothing in it
+has to be fixed at export); ``height`` and ``width`` then only size the example input that is traced.
 """
 from __future__ import annotations
 
@@ -19,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-__all__ = ["export_onnx", "export_program", "add_arguments", "run"]
+__all__ = ["export_onnx", "export_program"]
 
 
 class _LogitsOnly(nn.Module):
@@ -33,26 +29,54 @@ class _LogitsOnly(nn.Module):
         return self.model(x)
 
 
-def _example(model: nn.Module, height: int, width: int) -> torch.Tensor:
+# The dynamic axes of the exported graphs (ONNX dim_param names). Batch starts at 1 as sizes do;
+# the example input has batch 2 because torch.export specialises dimensions of size 0 and 1.
+DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}
+
+
+def _example(model: nn.Module, height: int, width: int, batch: int = 1) -> torch.Tensor:
     if height < 1 or width < 1:
         raise ValueError(f"height and width must be positive, got {height}x{width}")
+    if batch < 1:
+        raise ValueError(f"batch must be positive, got {batch}")
     p = next(model.parameters())
     in_chans = getattr(getattr(model, "backbone", None), "in_chans", 3)
-    return torch.randn(1, in_chans, height, width, device=p.device, dtype=p.dtype)
+    return torch.randn(batch, in_chans, height, width, device=p.device, dtype=p.dtype)
 
 
-def export_program(model: nn.Module, height: int = 512, width: int = 512) -> torch.export.ExportedProgram:
-    """``torch.export`` of ``model`` (eval mode) for input (1, C, height, width); returns the program.
+def _dynamic_shapes(dynamic: bool) -> tuple[dict, ...] | None:
+    """``dynamic_shapes`` for the one input: named ``Dim``s for batch, height and width, or None.
 
-    ``program.module()(x)`` gives the same logits as ``model(x)``.
+    Named dims (not ``Dim.AUTO``) make the export fail loudly if the model pins one of them to the
+    example's value, instead of silently writing a one-size graph.
+    """
+    if not dynamic:
+        return None
+    return ({axis: torch.export.Dim(name, min=1) for axis, name in DYNAMIC_AXES.items()},)
+
+
+def _example_for(model: nn.Module, height: int, width: int, dynamic: bool) -> torch.Tensor:
+    return _example(model, height, width, batch=2 if dynamic else 1)
+
+
+def export_program(model: nn.Module, height: int = 512, width: int = 512,
+                   dynamic: bool = False) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` (eval mode); returns the program.
+
+    Input (1, C, height, width), or with ``dynamic=True`` any (N, C, H, W) (height and width only
+    size the example input). ``program.module()(x)`` gives the same logits as ``model(x)``.
     """
     model = model.eval()
-    return torch.export.export(_LogitsOnly(model), (_example(model, height, width),), strict=False)
+    x = _example_for(model, height, width, dynamic)
+    return torch.export.export(_LogitsOnly(model), (x,), dynamic_shapes=_dynamic_shapes(dynamic), strict=False)
 
 
-def export_onnx(model: nn.Module, path: str | Path, height: int = 512, width: int = 512, opset: int = 17) -> Path:
-    """Write ``model`` (eval mode) as ONNX for input ``image`` (1, C, height, width) -> ``logits``.
+def export_onnx(model: nn.Module, path: str | Path, height: int = 512, width: int = 512, opset: int = 17,
+                dynamic: bool = False) -> Path:
+    """Write ``model`` (eval mode) as ONNX: input ``image`` (1, C, height, width) -> ``logits``.
 
+    With ``dynamic=True`` the input is ``image`` (batch, C, height, width) with all three free
+    (symbolic dims named ``batch``, ``height``, ``width``) and one file serves every size.
     Needs the ``onnx`` extra (``pip install iwin-models[onnx]``: onnx, onnxscript).
     """
     try:
@@ -64,61 +88,12 @@ def export_onnx(model: nn.Module, path: str | Path, height: int = 512, width: in
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    x = _example(model, height, width)
+    x = _example_for(model, height, width, dynamic)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             _LogitsOnly(model), (x,), dynamo=True, opset_version=opset,
-            input_names=["image"], output_names=["logits"], external_data=False)
+            input_names=["image"], output_names=["logits"], external_data=False,
+            dynamic_shapes=_dynamic_shapes(dynamic))
         program.save(str(path))
     return path
-
-
-def add_arguments(parser) -> None:
-    from .segmenter import SEGMENTERS
-
-    parser.add_argument("--model", required=True,
-                        help=f"segmenter name ({', '.join(SEGMENTERS)}) or a folder written by save_pretrained")
-    parser.add_argument("--weights", help="official mmseg .pth, safetensors file or save_pretrained folder "
-                                          "(without it a registered name gets random weights, with a warning)")
-    parser.add_argument("--onnx", metavar="OUT.onnx", help="write an ONNX file")
-    parser.add_argument("--program", metavar="OUT.pt2", help="write a torch.export program (torch.export.save)")
-    parser.add_argument("--height", type=int, default=512, help="input height (default: %(default)s)")
-    parser.add_argument("--width", type=int, default=512, help="input width (default: %(default)s)")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
-
-
-def _build(name: str, weights: str | None) -> nn.Module:
-    import sys
-
-    from .segmenter import SEGMENTERS, IwinUPerNet, create_segmenter
-
-    if name in SEGMENTERS:
-        if weights is not None and Path(weights).is_dir():
-            return IwinUPerNet.from_pretrained(weights)
-        if weights is None:
-            print(f"iwin-seg export: warning: no --weights given, {name} has RANDOM weights "
-                  f"(pass --weights with the official checkpoint for a useful model)", file=sys.stderr)
-        return create_segmenter(name, pretrained=weights is not None, weights=weights)
-    if Path(name).is_dir():
-        model = IwinUPerNet.from_pretrained(name)
-        if weights is not None:
-            from .segmenter import load_segmenter_weights
-            load_segmenter_weights(model, weights)
-        return model
-    raise ValueError(f"unknown model {name!r}: choose one of {', '.join(SEGMENTERS)} or a save_pretrained folder")
-
-
-def run(args) -> int:
-    if not args.onnx and not args.program:
-        raise ValueError("nothing to do: give --onnx OUT.onnx and/or --program OUT.pt2")
-    model = _build(args.model, args.weights).eval()
-    if args.onnx:
-        path = export_onnx(model, args.onnx, args.height, args.width, args.opset)
-        print(f"wrote {path} (input 'image' 1x3x{args.height}x{args.width}, output 'logits')")
-    if args.program:
-        program = export_program(model, args.height, args.width)
-        Path(args.program).parent.mkdir(parents=True, exist_ok=True)
-        torch.export.save(program, args.program)
-        print(f"wrote {args.program} (torch.export, input 1x3x{args.height}x{args.width})")
-    return 0

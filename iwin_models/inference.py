@@ -1,103 +1,65 @@
-"""Segment images as the authors' ADE20K test protocol does, and the ``iwin-seg predict`` command.
+"""Segment images with the authors' ADE20K test protocol, in memory bounded by the work.
 
 Protocol (mmseg config of the official repository): resize keeping the aspect ratio so that the image
 fits in 2048x512, normalise, run on the whole image, resize the logits back to the original size
 (bilinear, align_corners False), softmax, argmax. Options: sliding-window inference (512 crops,
-stride 341) and multi-scale (ratios 0.5..1.75) + horizontal flip with averaged softmax scores.
+stride 341, overlapping logits averaged) and multi-scale (ratios 0.5..1.75) + horizontal flip, the
+softmax scores averaged.
+
+The protocol is written twice:
+
+* :func:`predict_probs` is the definition, plainly: it holds the class scores of every pixel at the
+  original size, ``4 * C * H * W`` bytes (150 classes: 600 bytes a pixel, 7.2 GB for a 12 MP photo).
+* :func:`predict` and :func:`segment` compute the same class map in bands of output rows, never holding
+  ``C x H x W`` at the original size. Bilinear resizing is separable and each output row reads two
+  input rows, so a band of output rows needs a known band of logits rows; a band is resized, softmaxed,
+  averaged over the passes, argmaxed and released. Each pass keeps only the model's stride-4 logits
+  (16x fewer values than at its input size). With sliding windows the crops are run one row of crops at
+  a time as the bands reach them and dropped once the bands have passed, so no accumulator spans the
+  image. The bands repeat PyTorch's CPU bilinear kernel operation for operation (the fused
+  multiply-add included) and start on vector boundaries, so on the CPU the scores are bitwise those of
+  :func:`predict_probs` (tested); labels can differ only where two classes' scores are exactly equal.
+
+Image decoding lives in :mod:`iwin_models.io` (``load_image`` is re-exported here).
 """
 from __future__ import annotations
 
 import contextlib
-import os
+import functools
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from . import ade20k
+from .io import load_image, read_image_file  # noqa: F401  (re-exported: their old home)
 
-__all__ = ["load_image", "predict_probs", "segment", "colorize", "overlay", "SAMPLE_IMAGE"]
+__all__ = ["load_image", "predict", "predict_probs", "segment", "colorize", "overlay", "SAMPLE_IMAGE"]
 
-T = TypeVar("T")
 SAMPLE_IMAGE = Path(__file__).with_name("assets") / "sample.jpg"
 TEST_SCALE = (2048, 512)
 AUG_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 SLIDE_CROP, SLIDE_STRIDE = 512, 341
+# Output rows per band: about this many bytes per band tensor (C x rows x width float32). A few such
+# tensors live at a time; 64 MB keeps a 12 MP photo at ~26 rows a band and an ADE20K image at 1-2 bands.
+BAND_BYTES = 64 * 2 ** 20
 
 
-def load_image(source, exif: bool = True) -> np.ndarray:
-    """An RGB uint8 array (H, W, 3) from a path, PIL image, array (HxW, HxWx1/3/4) or uint8 tensor.
+# --- the protocol's pieces ------------------------------------------------------------------------
 
-    Grayscale, RGBA (alpha dropped), palette and 16-bit images are converted to RGB; JPEG EXIF
-    orientation is applied (unless ``exif`` is False), so the class map matches the image as a viewer
-    shows it.
-    """
-    if isinstance(source, (str, os.PathLike)):
-        return read_image_file(source, lambda img: _checked(_pil_to_rgb(ImageOps.exif_transpose(img) if exif else img)))
-    if isinstance(source, Image.Image):
-        return _checked(_pil_to_rgb(source))
-    if isinstance(source, torch.Tensor):
-        source = source.detach().cpu().numpy()
-    if isinstance(source, np.ndarray):
-        return _checked(_array_to_rgb(source))
-    raise TypeError(f"expected an image path, PIL image or HxWx3 uint8 array, got {type(source).__name__}")
-
-
-def read_image_file(path, read: Callable[[Image.Image], T], kind: str = "image") -> T:
-    """``read(img)`` of the decoded image file at ``path``; clear errors for a missing or unreadable file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such {kind} file: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return read(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        readable = "image" if kind == "image" else f"{kind} image"
-        raise ValueError(f"{path} is not a readable {readable} ({e})") from e
-
-
-def _checked(image: np.ndarray) -> np.ndarray:
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"empty image (size {image.shape[1]}x{image.shape[0]})")
-    return image
-
-
-def _pil_to_rgb(img: Image.Image) -> np.ndarray:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit: scale to 8 bits rather than clip
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    return np.array(img.convert("RGB"))  # a writable copy (np.asarray of a PIL image is read-only)
-
-
-def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"expected a channels-last image (H, W, 3), got shape {arr.shape} (channels first?)")
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-        raise ValueError(f"expected an image array of shape (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}")
-    arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        raise TypeError(f"expected a uint8 image array (0-255), got dtype {arr.dtype}; convert it first")
-    return np.ascontiguousarray(arr)
-
-
-def _rescale_size(h: int, w: int, scale: Sequence[int]) -> tuple[int, int]:
+def _rescale_size(h: int, w: int, scale: Sequence[float]) -> tuple[int, int]:
     """mmcv's keep-ratio rescale: the largest size fitting ``scale`` (long, short edges)."""
     factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
     return max(int(h * factor + 0.5), 1), max(int(w * factor + 0.5), 1)
 
 
 def _normalise(image: np.ndarray, size: tuple[int, int], device) -> torch.Tensor:
-    x = torch.from_numpy(np.array(image)).to(device).permute(2, 0, 1)[None].float()
+    """(1, 3, *size) normalised float input of an RGB uint8 image (or a crop of one)."""
+    x = torch.from_numpy(image if image.flags.writeable else image.copy()).to(device).permute(2, 0, 1)[None].float()
     if tuple(x.shape[-2:]) != size:
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     mean = torch.tensor(ade20k.MEAN, device=device).view(1, 3, 1, 1)
@@ -111,41 +73,62 @@ def _autocast(device, dtype):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
-def _forward(model, x: torch.Tensor, flip: bool, dtype) -> torch.Tensor:
-    """Logits of x (B=1) at its own size. With ``flip`` the mirrored image rides in the same batch and
-    its logits are mirrored back: (2, C, H, W), both in the original orientation."""
-    batch = torch.cat([x, x.flip(-1)]) if flip else x
+def _finite(logits: torch.Tensor) -> torch.Tensor:
+    if not torch.isfinite(logits).all():
+        raise FloatingPointError("the model produced NaN/Inf logits (bad weights, or overflow in low precision)")
+    return logits
+
+
+def _model_logits(model, x: torch.Tensor, flip: bool, dtype) -> torch.Tensor:
+    """``model(x)`` (float32), or with ``flip`` the logits of the mirrored input mirrored back."""
     with _autocast(x.device, dtype):
-        logits = model(batch).float()
-    return torch.cat([logits[:1], logits[1:].flip(-1)]) if flip else logits
+        logits = _finite(model(x.flip(-1) if flip else x).float())
+    return logits.flip(-1) if flip else logits
 
 
-def _slide_logits(model, x: torch.Tensor, flip: bool, dtype, batch_size: int = 4) -> torch.Tensor:
-    """mmseg's slide inference: 512 crops at stride 341, overlapping logits averaged."""
-    _, _, H, W = x.shape
-    crop_h, crop_w = min(SLIDE_CROP, H), min(SLIDE_CROP, W)
-    rows = max(H - crop_h + SLIDE_STRIDE - 1, 0) // SLIDE_STRIDE + 1
-    cols = max(W - crop_w + SLIDE_STRIDE - 1, 0) // SLIDE_STRIDE + 1
-    boxes = []
-    for r in range(rows):
-        for c in range(cols):
-            y2, x2 = min(r * SLIDE_STRIDE + crop_h, H), min(c * SLIDE_STRIDE + crop_w, W)
-            boxes.append((y2 - crop_h, x2 - crop_w, y2, x2))
+def _decodes_at_stride_4(model) -> bool:
+    from .segmenter import IwinUPerNet
+
+    return isinstance(model, IwinUPerNet) and type(model).forward is IwinUPerNet.forward
+
+
+def _low_res_logits(model, x: torch.Tensor, dtype) -> torch.Tensor:
+    """The logits ``model(x)`` resizes to ``x``'s size last (NCHW float32): for :class:`IwinUPerNet` its
+    decode head's stride-4 logits, 16x fewer values; for another model ``model(x)`` itself.
+    (Under autocast the final resize then runs in float32 rather than in the autocast type.)"""
+    with _autocast(x.device, dtype):
+        if _decodes_at_stride_4(model):
+            model.check_input_shape(x)
+            logits = model.decode(model.encoder(x))
+        else:
+            logits = model(x)
+    return _finite(logits.float().contiguous())
+
+
+def _slide_boxes(h: int, w: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """mmseg's sliding windows over an h x w input: the (start, stop) rows and columns of the crops
+    (the crops are every row span with every column span, taken row by row)."""
+    def spans(size: int) -> list[tuple[int, int]]:
+        crop = min(SLIDE_CROP, size)
+        n = max(size - crop + SLIDE_STRIDE - 1, 0) // SLIDE_STRIDE + 1
+        return [(min(i * SLIDE_STRIDE + crop, size) - crop, min(i * SLIDE_STRIDE + crop, size)) for i in range(n)]
+    return spans(h), spans(w)
+
+
+# --- the definition: full-resolution scores --------------------------------------------------------
+
+def _slide_logits(model, x: torch.Tensor, flip: bool, dtype) -> torch.Tensor:
+    """mmseg's slide inference: 512 crops at stride 341, overlapping logits averaged (whole accumulator)."""
+    _, _, h, w = x.shape
+    row_spans, col_spans = _slide_boxes(h, w)
     total = None  # sized from the first logits: the class count is whatever the model returns
-    count = x.new_zeros((1, 1, H, W))
-    for start in range(0, len(boxes), batch_size):  # crops share one size, so they batch
-        chunk = boxes[start:start + batch_size]
-        crops = torch.cat([x[:, :, y1:y2, x1:x2] for y1, x1, y2, x2 in chunk])
-        if flip:
-            crops = torch.cat([crops, crops.flip(-1)])
-        with _autocast(x.device, dtype):
-            logits = model(crops).float()
-        if total is None:
-            total = x.new_zeros((2 if flip else 1, logits.shape[1], H, W))
-        for i, (y1, x1, y2, x2) in enumerate(chunk):
-            total[0, :, y1:y2, x1:x2] += logits[i]
-            if flip:  # the mirrored crop's logits, mirrored back into place
-                total[1, :, y1:y2, x1:x2] += logits[len(chunk) + i].flip(-1)
+    count = x.new_zeros((1, 1, h, w))
+    for y1, y2 in row_spans:
+        for x1, x2 in col_spans:
+            logits = _model_logits(model, x[:, :, y1:y2, x1:x2].contiguous(), flip, dtype)
+            if total is None:
+                total = x.new_zeros((1, logits.shape[1], h, w))
+            total[:, :, y1:y2, x1:x2] += logits
             count[:, :, y1:y2, x1:x2] += 1
     return total / count
 
@@ -153,13 +136,18 @@ def _slide_logits(model, x: torch.Tensor, flip: bool, dtype, batch_size: int = 4
 @torch.no_grad()
 def predict_probs(model, image, *, aug: bool = False, slide: bool = False, dtype: torch.dtype | None = None,
                   scale: Sequence[int] = TEST_SCALE) -> torch.Tensor:
-    """Softmax class scores (C, H, W) at the image's original size.
+    """Softmax class scores (C, H, W) at the image's original size: the protocol written out plainly.
+
+    Costs ``4 * C * H * W`` bytes for the result and as much again while it is made (150 classes: 600
+    bytes a pixel, 7.2 GB for a 12-megapixel photo). For the class map and the per-pixel confidence
+    use :func:`predict`, which computes the same scores a band of rows at a time.
 
     Args:
         model: a segmenter returning logits at its input size (e.g. :class:`IwinUPerNet`); put in
             eval mode here.
-        image: path, PIL image, HxWx3 uint8 array or tensor (see :func:`load_image`).
-        aug: multi-scale (ratios 0.5..1.75 of ``scale``) + horizontal flip, scores averaged.
+        image: path, PIL image, HxWx3 uint8 array or tensor (see :func:`iwin_models.io.load_image`).
+        aug: multi-scale (ratios 0.5..1.75 of ``scale``) + horizontal flip, scores averaged; the
+            mirrored image runs in a forward pass of its own.
         slide: sliding-window inference (512x512 crops, stride 341) instead of whole-image.
         dtype: e.g. ``torch.bfloat16`` to run under autocast (CPU or GPU); scores are float32.
         scale: the (long, short) size the image is fitted into (2048x512 for ADE20K).
@@ -168,30 +156,229 @@ def predict_probs(model, image, *, aug: bool = False, slide: bool = False, dtype
     model.eval()
     device = next(model.parameters()).device
     h, w = image.shape[:2]
-    probs = None
     ratios = AUG_RATIOS if aug else (1.0,)
+    probs = None
     for ratio in ratios:
-        size = _rescale_size(h, w, [s * ratio for s in scale])
-        x = _normalise(image, size, device)
-        if slide:
-            logits = _slide_logits(model, x, aug, dtype)
-        else:
-            logits = _forward(model, x, aug, dtype)
-        if not torch.isfinite(logits).all():
-            raise FloatingPointError("the model produced NaN/Inf logits (bad weights, or overflow in low precision)")
-        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-        scores = logits.softmax(dim=1).sum(0)  # with aug: the image and its mirror
+        x = _normalise(image, _rescale_size(h, w, [s * ratio for s in scale]), device)
+        scores = None
+        for flip in (False, True) if aug else (False,):
+            logits = _slide_logits(model, x, flip, dtype) if slide else _model_logits(model, x, flip, dtype)
+            s = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).softmax(dim=1)
+            scores = s if scores is None else scores + s
         probs = scores if probs is None else probs + scores
-    return probs / (len(ratios) * (2 if aug else 1))
+    return (probs / (len(ratios) * (2 if aug else 1)))[0]
+
+
+# --- the same in bands of rows ---------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=256)
+def _row_weights(in_size: int, out_size: int) -> tuple[torch.Tensor, ...]:
+    """PyTorch's bilinear (align_corners False) source rows ``i0, i1`` and weights ``w0, w1`` of every
+    output row, float32 as its CPU kernel computes them: ``scale * (i + 0.5) - 0.5`` is one fused
+    multiply-add there (exact in float64 here, then rounded once), clamped at 0."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = np.maximum(((np.arange(out_size) + 0.5) * np.float64(scale) - 0.5).astype(np.float32), np.float32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    w1 = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float32)
+    i1 = i0 + (i0 < in_size - 1)
+    return torch.from_numpy(i0), torch.from_numpy(i1), torch.from_numpy(np.float32(1) - w1), torch.from_numpy(w1)
+
+
+def _resize_width(t: torch.Tensor, width: int) -> torch.Tensor:
+    if t.shape[-1] == width:
+        return t
+    n, c, r, _ = t.shape
+    return F.interpolate(t.reshape(n, c * r, -1), size=width, mode="linear", align_corners=False).view(n, c, r, width)
+
+
+def _resize_rows(source: Callable[[int, int], torch.Tensor], in_size: Sequence[int], out_size: Sequence[int],
+                 start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` of ``F.interpolate(src, out_size, mode="bilinear", align_corners=False)``,
+    reading only the rows of ``src`` they need: ``source(first, last)`` is ``src[:, :, first:last]``."""
+    (in_h, in_w), (out_h, out_w) = in_size, out_size
+    if (in_h, in_w) == (out_h, out_w):
+        return source(start, stop)
+    if (start, stop) == (0, out_h) or out_h + out_w <= 128:
+        # all rows, or an output so small that PyTorch takes its channels-last kernel: the definition itself
+        return F.interpolate(source(0, in_h), size=(out_h, out_w), mode="bilinear", align_corners=False)[:, :, start:stop]
+    if in_h == out_h:
+        return _resize_width(source(start, stop), out_w)
+    i0, i1, w0, w1 = (t[start:stop] for t in _row_weights(in_h, out_h))
+    first = int(i0[0])
+    band = _resize_width(source(first, int(i1[-1]) + 1), out_w)  # PyTorch's order: columns, then rows
+    i0, i1, w0, w1 = (t.to(band.device) for t in (i0 - first, i1 - first, w0.view(-1, 1), w1.view(-1, 1)))
+    return torch.addcmul(band.index_select(2, i1).mul_(w1), band.index_select(2, i0), w0)  # one fused multiply-add
+
+
+class _Pass:
+    """One forward pass of the protocol (a scale, maybe mirrored): rows of what the definition's
+    ``model(x)`` gives there (mirrored back), made on request from what the pass keeps."""
+
+    size: tuple[int, int]  # the model's input size at this scale
+    num_classes: int
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _WholePass(_Pass):
+    """The whole (resized) image in one forward pass; keeps the stride-4 logits only."""
+
+    def __init__(self, model, x: torch.Tensor, flip: bool, dtype):
+        self.size, self.flip = tuple(x.shape[-2:]), flip
+        self.low = _low_res_logits(model, x.flip(-1) if flip else x, dtype)
+        self.num_classes = self.low.shape[1]
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        out = _resize_rows(lambda a, b: self.low[:, :, a:b], self.low.shape[-2:], self.size, start, stop)
+        return out.flip(-1) if self.flip else out
+
+
+class _SlidePass(_Pass):
+    """Sliding windows over an input of ``size``; ``crop(y1, x1, y2, x2)`` gives a normalised crop.
+
+    A row of crops is run when a band first needs it and forgotten when the bands have moved past it:
+    at most two rows of crops (crop 512 < 2 x stride 341) are kept, as stride-4 logits.
+    """
+
+    def __init__(self, model, crop: Callable[[int, int, int, int], torch.Tensor], size, flip: bool, dtype):
+        self.model, self.crop, self.size, self.flip, self.dtype = model, crop, tuple(size), flip, dtype
+        self.row_spans, self.col_spans = _slide_boxes(*self.size)
+        self.cache: dict[int, list[torch.Tensor]] = {}
+        # crops per pixel: the crops are a grid, so the count is (crops per row) x (crops per column)
+        self.row_count, self.col_count = (_coverage(spans, n) for spans, n in zip((self.row_spans, self.col_spans),
+                                                                                   self.size))
+        self.num_classes = self._crop_row(0)[0].shape[1]
+
+    def _crop_row(self, r: int) -> list[torch.Tensor]:
+        if r not in self.cache:
+            y1, y2 = self.row_spans[r]
+            self.cache[r] = [_low_res_logits(self.model, self._flipped(self.crop(y1, x1, y2, x2)), self.dtype)
+                             for x1, x2 in self.col_spans]
+        return self.cache[r]
+
+    def _flipped(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(-1) if self.flip else x
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        total = None
+        for r, (y1, y2) in enumerate(self.row_spans):  # crops in the definition's order: row by row
+            if y2 <= start or y1 >= stop:
+                continue
+            lo, hi = max(y1, start), min(y2, stop)
+            for (x1, x2), low in zip(self.col_spans, self._crop_row(r)):
+                part = self._flipped(_resize_rows(lambda a, b: low[:, :, a:b], low.shape[-2:], (y2 - y1, x2 - x1),
+                                                  lo - y1, hi - y1))
+                if total is None:
+                    total = part.new_zeros((1, part.shape[1], stop - start, self.size[1]))
+                total[:, :, lo - start:hi - start, x1:x2] += part
+        for r in [r for r in self.cache if self.row_spans[r][1] <= start]:  # the bands have passed them
+            del self.cache[r]
+        count = self.row_count[start:stop, None] * self.col_count[None, :]
+        return total / count.to(total.device)
+
+
+def _coverage(spans: list[tuple[int, int]], size: int) -> torch.Tensor:
+    count = torch.zeros(size)
+    for a, b in spans:
+        count[a:b] += 1
+    return count
+
+
+def _passes(model, image: np.ndarray, size: tuple[int, int], aug: bool, slide: bool, dtype, device) -> list[_Pass]:
+    """The passes of one scale: the image, and with ``aug`` its mirror (each its own forward pass)."""
+    flips = (False, True) if aug else (False,)
+    if slide and size == image.shape[:2]:  # native resolution: crops normalised as they are needed
+        def crop(y1, x1, y2, x2):
+            return _normalise(image[y1:y2, x1:x2], (y2 - y1, x2 - x1), device).contiguous()
+        return [_SlidePass(model, crop, size, flip, dtype) for flip in flips]
+    x = _normalise(image, size, device)
+    if slide:
+        return [_SlidePass(model, lambda y1, x1, y2, x2: x[:, :, y1:y2, x1:x2].contiguous(), size, flip, dtype)
+                for flip in flips]
+    return [_WholePass(model, x, flip, dtype) for flip in flips]
+
+
+def _band_rows(num_classes: int, out_size: tuple[int, int], passes: list[_Pass], budget: int | None = None) -> int:
+    """Rows per band: the widest band tensor (C x rows x width, at the output size or a pass's input size
+    per output row) within ``budget`` bytes. Bands start where ``start * width`` is a multiple of 64, so
+    PyTorch's vectorised softmax splits a band's pixels as it splits the whole map's (bitwise equal)."""
+    out_h, out_w = out_size
+    width = max([out_w] + [p.size[1] * p.size[0] / out_h for p in passes])
+    quantum = 64 // math.gcd(out_w, 64)
+    rows = int((budget or BAND_BYTES) // (4 * num_classes * width)) // quantum * quantum
+    return min(max(rows, quantum), out_h)
+
+
+def _output_rows(p: _Pass, start: int, stop: int, out_size: tuple[int, int]) -> torch.Tensor:
+    """Rows of the pass's logits resized to the original size (the definition's last resize)."""
+    return _resize_rows(p.rows, p.size, out_size, start, stop)
+
+
+def _resolve_bands(groups: list[list[_Pass]], out_size: tuple[int, int], band_rows: int | None,
+                   confidence: bool, labels_dtype) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels (and the winning averaged score) of every pixel, band by band; ``groups`` per scale."""
+    passes = [p for g in groups for p in g]
+    rows = band_rows or _band_rows(passes[0].num_classes, out_size, passes)
+    if sum(out_size) <= 128:  # resized whole anyway (see _resize_rows): one band
+        rows = out_size[0]
+    labels = np.empty(out_size, dtype=labels_dtype)
+    scores = np.empty(out_size, dtype=np.float32) if confidence else None
+    for start in range(0, out_size[0], rows):
+        stop = min(start + rows, out_size[0])
+        if len(passes) == 1 and not confidence:  # softmax keeps the order: argmax of the logits
+            labels[start:stop] = _output_rows(passes[0], start, stop, out_size)[0].argmax(0).cpu().numpy()
+            continue
+        probs = None
+        for group in groups:  # the definition's order of sums: mirror pairs, then scales
+            pair = None
+            for p in group:
+                s = _output_rows(p, start, stop, out_size).softmax(dim=1)
+                pair = s if pair is None else pair.add_(s)
+            probs = pair if probs is None else probs.add_(pair)
+        probs = probs.div_(len(passes))[0]
+        labels[start:stop] = probs.argmax(0).cpu().numpy()
+        if confidence:
+            scores[start:stop] = probs.amax(0).cpu().numpy()
+    return labels, scores
+
+
+@torch.no_grad()
+def predict(model, image, *, aug: bool = False, slide: bool = False, dtype: torch.dtype | None = None,
+            scale: Sequence[int] = TEST_SCALE, return_confidence: bool = False, labels_dtype=np.int64,
+            band_rows: int | None = None):
+    """The class map (H, W) of ``image`` at its original size, and with ``return_confidence`` the
+    averaged softmax score of each pixel's class (H, W float32): ``(labels, confidence)``.
+
+    The scores are those of :func:`predict_probs` (same arguments), computed a band of output rows at a
+    time: memory is the model's forward pass plus ~``BAND_BYTES`` a band, never ``C x H x W``.
+
+    Args:
+        labels_dtype: of the returned class map (e.g. ``np.uint8`` for up to 256 classes).
+        band_rows: output rows per band (default: about ``BAND_BYTES`` per band tensor, on vector
+            boundaries so that the scores are bitwise those of :func:`predict_probs`).
+        model, image, aug, slide, dtype, scale: see :func:`predict_probs`.
+    """
+    image = load_image(image)
+    model.eval()
+    device = next(model.parameters()).device
+    h, w = image.shape[:2]
+    groups = [_passes(model, image, _rescale_size(h, w, [s * ratio for s in scale]), aug, slide, dtype, device)
+              for ratio in (AUG_RATIOS if aug else (1.0,))]
+    labels, confidence = _resolve_bands(groups, (h, w), band_rows, return_confidence, labels_dtype)
+    return (labels, confidence) if return_confidence else labels
 
 
 def segment(model, image, *, aug: bool = False, slide: bool = False, dtype: torch.dtype | None = None,
             scale: Sequence[int] = TEST_SCALE) -> np.ndarray:
-    """The (H, W) int64 class map of ``image`` at its original resolution (see :func:`predict_probs`)."""
-    return predict_probs(model, image, aug=aug, slide=slide, dtype=dtype, scale=scale).argmax(0).cpu().numpy()
+    """The (H, W) int64 class map of ``image`` at its original resolution (see :func:`predict`)."""
+    return predict(model, image, aug=aug, slide=slide, dtype=dtype, scale=scale)
 
 
 # --- pictures ------------------------------------------------------------------------------------
+
+_PICTURE_ROWS = 256  # rows blended at a time: float64 temporaries of 24 bytes a pixel, not of the whole image
+
 
 def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]] = ade20k.PALETTE) -> np.ndarray:
     """RGB picture (H, W, 3) of a class map."""
@@ -200,102 +387,36 @@ def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]] = ade20k.PALET
     return table[np.clip(labels, 0, 255)]
 
 
+def _class_counts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(labels, return_counts=True)`` without sorting a copy of the map."""
+    if labels.dtype.kind in "ui" and labels.size and labels.min() >= 0:
+        counts = np.bincount(labels.ravel())
+        ids = np.flatnonzero(counts)
+        return ids, counts[ids]
+    return np.unique(labels, return_counts=True)
+
+
 def overlay(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str] = ade20k.CLASSES,
             palette: Sequence[Sequence[int]] = ade20k.PALETTE, alpha: float = 0.5) -> Image.Image:
     """The image blended with its class colours, with a legend of the classes present (by area)."""
     from PIL import ImageDraw, ImageFont
 
-    blend = (image * (1 - alpha) + colorize(labels, palette) * alpha).astype(np.uint8)
-    ids, counts = np.unique(labels, return_counts=True)
+    ids, counts = _class_counts(labels)
     present = [int(i) for i in ids[np.argsort(-counts)] if 0 <= i < len(class_names)]
     font = ImageFont.load_default()
     row, pad = 16, 6
     labels_text = {i: f"{class_names[i].strip()} {counts[ids == i][0] / labels.size:.0%}" for i in present}
     legend_w = 14 + max([int(font.getlength(t)) for t in labels_text.values()] + [60]) + 2 * pad
-    h, w = blend.shape[:2]
-    canvas = Image.new("RGB", (w + legend_w, max(h, pad * 2 + row * len(present))), "white")
-    canvas.paste(Image.fromarray(blend), (0, 0))
-    draw = ImageDraw.Draw(canvas)
+    h, w = labels.shape[:2]
+    canvas = np.full((max(h, pad * 2 + row * len(present)), w + legend_w, 3), 255, dtype=np.uint8)
+    for a in range(0, h, _PICTURE_ROWS):
+        b = min(a + _PICTURE_ROWS, h)
+        canvas[a:b, :w] = (image[a:b] * (1 - alpha) + colorize(labels[a:b], palette) * alpha).astype(np.uint8)
+    picture = Image.fromarray(canvas)
+    del canvas
+    draw = ImageDraw.Draw(picture)
     for n, i in enumerate(present):
         y = pad + n * row
         draw.rectangle([w + pad, y + 2, w + pad + 10, y + 12], fill=tuple(int(c) for c in palette[i]), outline="black")
         draw.text((w + pad + 14, y), labels_text[i], fill="black", font=font)
-    return canvas
-
-
-# --- iwin-seg predict -----------------------------------------------------------------------------
-
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def add_arguments(parser) -> None:
-    from .segmenter import SEGMENTERS
-
-    parser.add_argument("images", nargs="*", metavar="IMAGE",
-                        help="image files or folders (default: the bundled sample photograph)")
-    parser.add_argument("--model", default="iwin_tiny_upernet_ade20k",
-                        help=f"segmenter name ({', '.join(SEGMENTERS)}) or a folder written by save_pretrained")
-    parser.add_argument("--weights", help="official mmseg .pth, safetensors file or folder, or URL "
-                                          "(default: the official checkpoint, from the torch.hub cache)")
-    parser.add_argument("--out", default="iwin_seg_out", help="output folder (default: %(default)s)")
-    parser.add_argument("--aug", action="store_true", help="multi-scale + flip test-time augmentation")
-    parser.add_argument("--slide", action="store_true", help="sliding-window inference (512 crops, stride 341)")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="fp32", help="autocast precision")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_model(name: str, weights: str | None = None, device: str = "cpu"):
-    """A segmenter by registered name, or from a ``save_pretrained`` folder; ``weights`` overrides."""
-    from .segmenter import SEGMENTERS, IwinUPerNet, create_segmenter, load_segmenter_weights
-
-    try:
-        device = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"bad device {device!r}: {e}") from None
-    if name in SEGMENTERS:
-        if weights is not None and Path(weights).is_dir():
-            model = IwinUPerNet.from_pretrained(weights)
-        else:
-            model = create_segmenter(name, pretrained=True, weights=weights)
-    elif Path(name).is_dir():
-        model = IwinUPerNet.from_pretrained(name)
-        if weights is not None:  # the folder gives the architecture, --weights the tensors
-            load_segmenter_weights(model, weights)
-    else:
-        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(SEGMENTERS)} or a save_pretrained folder")
-    return model.to(device).eval()
-
-
-def _expand(paths: Sequence[str]) -> list[Path]:
-    files = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"})
-            if not found:
-                raise FileNotFoundError(f"no images in folder {p}")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"no such image file or folder: {p}")
-    return files
-
-
-def run(args) -> int:
-    from tqdm import tqdm
-
-    files = _expand(args.images) if args.images else [SAMPLE_IMAGE]
-    model = load_model(args.model, args.weights, args.device)
-    names = model.class_names or [f"class {i}" for i in range(model.num_classes)]
-    palette = model.palette or ade20k.PALETTE
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for path in tqdm(files, desc="segmenting", unit="img", disable=len(files) < 2):
-        image = load_image(path)
-        labels = segment(model, image, aug=args.aug, slide=args.slide, dtype=_DTYPES[args.dtype])
-        overlay(image, labels, names, palette).save(out / f"{path.stem}_overlay.png")
-        # raw label map: class index per pixel (uint8 holds up to 256 classes)
-        label_image = Image.fromarray(labels.astype(np.uint8 if labels.max() < 256 else np.uint16))
-        label_image.save(out / f"{path.stem}_labels.png")
-        print(f"{path} -> {out / (path.stem + '_overlay.png')}, {out / (path.stem + '_labels.png')}")
-    return 0
+    return picture

@@ -12,216 +12,93 @@ reproduces their outputs to float32 round-off. Layout differences from the offic
 * tokens stay NHWC from the patch embedding to the last stage;
 * the stride-2 downsampler sits at the *start* of the next stage (timm's Swin layout), so that
   stage ``i`` outputs the stride ``4 * 2**i`` map: ``layers.{i}.downsample`` in an official
-  checkpoint is ``layers.{i+1}.downsample`` here;
+  checkpoint is ``layers.{i+1}.downsample`` here (``iwin_models.convert`` maps the keys);
 * the classifier is timm's ``ClassifierHead`` (``head.fc``);
 * the segmentation backbone's per-output norms ``norm0..3`` are ``stage_norms.{0..3}``, built when
   ``stage_norms=True`` (the default with ``features_only=True``).
+
+Every forward here is the definition (the official order of operations, padding included), and is
+what TorchScript, FX, ``torch.compile``, ``torch.export`` and ONNX record. On eager CPU, the patch
+embedding and the block hand the call to their fast twins in ``iwin_models.layers.iwin_cpu``
+(same outputs to round-off), as ``iwin_models.layers.config.fast_path`` decides.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Callable, Sequence
+from typing import List, Optional, Tuple, Union  # noqa: UP035  (TorchScript reads these annotations)
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_, use_fused_attn
+from timm.models import (
+    build_model_with_cfg,
+    checkpoint_seq,
+    generate_default_cfgs,
+    register_model,
+    resolve_pretrained_cfg,
+)
 from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
-from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
-from .checkpoint import CheckpointError, check_state_dict_fits, unwrap_state_dict
+from .checkpoint import CheckpointError, cached_path_for_url, check_state_dict_fits, unwrap_state_dict
+from .convert import convert_official_backbone
+from .layers import iwin_cpu
+from .layers.config import fast_path, is_traced
+from .layers.linear import linear, use_onednn_linears  # noqa: F401  (public here since 0.1)
 
 __all__ = [
     "IwinTransformer", "checkpoint_filter_fn", "interleave_windows", "deinterleave_windows", "linear",
     "use_onednn_linears",
 ]
 
-_ONEDNN_LINEARS = True
 
-
-def use_onednn_linears(enabled: bool = True) -> bool:
-    """Run float32 CPU linear layers through oneDNN (the default) or torch's ``F.linear``; returns the old setting.
-
-    See :func:`linear`. Both compute the same function; only the float32 round-off differs.
-    """
-    global _ONEDNN_LINEARS
-    previous, _ONEDNN_LINEARS = _ONEDNN_LINEARS, bool(enabled)
-    return previous
-
-
-def _is_traced() -> bool:
-    """Whether a compiler or exporter is recording the graph (it then chooses its own kernels)."""
-    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-
-
-def _records_grad(x: torch.Tensor) -> bool:
-    """Whether autograd records the operations on ``x``."""
-    return torch.is_grad_enabled() and x.requires_grad
-
-
-def _runs_in_chunks(x: torch.Tensor) -> bool:
-    """Eager CPU inference (no autograd graph through ``x``): big maps then go through in chunks."""
-    return x.device.type == 'cpu' and not _records_grad(x) and not _is_traced()
-
-
-# CPU inference runs big maps through the attention and the MLP in chunks of about this many bytes, so
-# that intermediates stay in cache and no big buffer is freshly allocated and page-faulted in (on 2 EPYC
-# cores 4-16 MB were alike within noise, 1 MB was 20% slower). GPUs have a caching allocator and prefer
-# fewer, larger kernels.
-_CHUNK_BYTES = 8 << 20
-
-
-def _rows_per_chunk(bytes_per_row: int) -> int:
-    """Rows of an inference chunk: its widest intermediate takes about ``_CHUNK_BYTES``."""
-    return max(_CHUNK_BYTES // bytes_per_row, 1)
-
-
-# oneDNN's call overhead (~25 us) outweighs its faster product below about this much work
-_ONEDNN_MIN_MACS = 1 << 22
-
-
-def _onednn_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == 'cpu' and x.dtype == weight.dtype == torch.float32
-            and x.shape[-1] == weight.shape[1]  # otherwise F.linear raises its shape error
-            and x.numel() * weight.shape[0] >= _ONEDNN_MIN_MACS
-            and not torch.is_autocast_enabled('cpu')  # torch's bfloat16 linear already runs on oneDNN
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear``, computed by oneDNN for float32 CPU tensors.
-
-    On CPU, torch sends ``F.linear`` to MKL's sgemm. On the AMD EPYC machines we benchmark on it reaches
-    ~220 GFLOP/s on Iwin's shapes, while oneDNN's convolution kernels reach ~500 GFLOP/s on the same
-    products (benchmarks/RESULTS.md). A linear layer on rows is a 1x1 convolution over the rows seen as a
-    channels-last (1, K, rows, 1) image, a view: nothing is copied, and the output comes back as
-    contiguous rows. ``torch.mkldnn_convolution`` is called directly because ``F.conv2d`` picks its
-    native kernel for small inputs. Small products, CUDA, other dtypes, autocast, compilers and
-    exporters get ``F.linear`` unchanged. Autograd works through both.
-    """
-    if not _ONEDNN_LINEARS or _is_traced() or not _onednn_takes(x, weight):
-        return F.linear(x, weight, bias)
-    out_features, in_features = weight.shape
-    rows = x.reshape(-1, in_features).contiguous()
-    image = rows.view(1, rows.shape[0], 1, in_features).permute(0, 3, 1, 2)
-    out = torch.mkldnn_convolution(
-        image, weight.reshape(out_features, in_features, 1, 1), bias, (0, 0), (1, 1), (1, 1), 1)
-    return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], out_features)
-
-
-def _onednn_convolution_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
-    return conv_flop_count(x_shape, w_shape, out_shape)
-
-
-# torch's FlopCounterMode counts convolutions through their generic ops only: without a formula for
-# the op that :func:`linear` calls, it would see no work in our linear layers (a torch that counts
-# the op itself keeps its own formula)
-with contextlib.suppress(RuntimeError):
-    register_flop_formula(torch.ops.aten.mkldnn_convolution)(_onednn_convolution_flops)
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters) computed by :func:`linear`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
-
-
-def _grid_blocks(n: int, groups: int) -> list[tuple[slice, slice, slice]]:
-    """The first ``n`` rows of a map padded to ``ws * groups`` rows, as rectangles of its grid.
-
-    Row ``i * groups + a`` of the padded map is cell (i, a) of a (ws, groups) grid, so rows 0..n-1
-    are the cells with ``i < n // groups`` plus the first ``n % groups`` cells of the next ``i``.
-    Each rectangle is (its rows in the map, its range of i, its range of a).
-    """
-    full, rest = divmod(n, groups)
-    blocks = [(slice(0, full * groups), slice(0, full), slice(0, groups))] if full else []
-    if rest:
-        blocks.append((slice(full * groups, n), slice(full, full + 1), slice(0, rest)))
-    return blocks
-
-
-def _padding_blocks(n: int, groups: int) -> list[tuple[slice, slice]]:
-    """The grid cells of the padding rows (``n`` onwards), as (range of i, range of a) rectangles."""
-    full, rest = divmod(n, groups)
-    return [(slice(full, full + 1), slice(rest, groups)), (slice(full + 1, None), slice(None))]
-
-
-def _as_grid(windows: torch.Tensor, window_size: int, Hg: int, Wg: int) -> torch.Tensor:
-    """(B * Hg * Wg, ws * ws, C) windows as a (B, ws, Hg, ws, Wg, C) view of the padded map."""
-    ws = window_size
-    return windows.view(-1, Hg, Wg, ws, ws, windows.shape[-1]).permute(0, 3, 1, 4, 2, 5)
-
-
-def _map_blocks(x: torch.Tensor, Hg: int, Wg: int):
-    """Pairs (block of the (B, H, W, C) map ``x`` as a 6-d tensor, its index into the grid)."""
-    _, H, W, _ = x.shape
-    for rows, i, a in _grid_blocks(H, Hg):
-        for cols, j, b in _grid_blocks(W, Wg):
-            block = x[:, rows, cols].unflatten(1, (-1, a.stop - a.start)).unflatten(3, (-1, b.stop - b.start))
-            yield block, (slice(None), i, a, j, b)
-
-
-def interleave_windows(x: torch.Tensor, window_size: int, pad_value: torch.Tensor | None = None) -> torch.Tensor:
+def interleave_windows(x: torch.Tensor, window_size: int) -> torch.Tensor:
     """Split a (B, H, W, C) map into interleaved windows, (B * Hg * Wg, ws * ws, C).
 
-    The map is padded bottom/right to ``ws * Hg`` x ``ws * Wg`` (Hg = ceil(H / ws)) with zeros, or with
-    ``pad_value`` (shape (C,)). Window (a, b) holds the tokens at rows a, a + Hg, a + 2Hg, ... and
-    columns b, b + Wg, ... Row ``i * Hg + a`` is entry (i, a) of a (ws, Hg) view, so one reshape and
-    one permute put the window index (a, b) in front. With padding, the tokens are copied through
-    that same view straight into the windows (at most four rectangles) and only the padding is
-    filled: the padded map is never built.
+    The map is zero-padded bottom/right to ``ws * Hg`` x ``ws * Wg`` (Hg = ceil(H / ws)). Window (a, b)
+    holds the tokens at rows a, a + Hg, a + 2Hg, ... and columns b, b + Wg, ... Row ``i * Hg + a`` is
+    entry (i, a) of a (ws, Hg) view, so one reshape and one permute put the window index (a, b) in
+    front (the official code's "rearrange" + Swin window partition).
     """
-    B, H, W, C = x.shape
+    B, H, W, C = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
     ws = window_size
-    Hg, Wg = -(-H // ws), -(-W // ws)
-    if H == ws * Hg and W == ws * Wg:
-        return x.reshape(B, ws, Hg, ws, Wg, C).permute(0, 2, 4, 1, 3, 5).reshape(-1, ws * ws, C)
-    windows = x.new_empty(B * Hg * Wg, ws * ws, C)
-    grid = _as_grid(windows, ws, Hg, Wg)
-    pad = x.new_zeros(C) if pad_value is None else pad_value
-    padding = [(slice(None), i, a) for i, a in _padding_blocks(H, Hg)] + \
-              [(slice(None), slice(None), slice(None), j, b) for j, b in _padding_blocks(W, Wg)]
-    for index in padding:
-        block = grid[index]
-        block.copy_(pad.expand_as(block))  # an explicit expand: ONNX export mishandles a broadcasting copy_
-    for block, index in _map_blocks(x, Hg, Wg):
-        grid[index].copy_(block)
-    return windows
+    Hg, Wg = (H + ws - 1) // ws, (W + ws - 1) // ws
+    x = F.pad(x, (0, 0, 0, Wg * ws - W, 0, Hg * ws - H))
+    x = x.reshape(B, ws, Hg, ws, Wg, C).permute(0, 2, 4, 1, 3, 5)
+    return x.clone(memory_format=torch.contiguous_format).view(B * Hg * Wg, ws * ws, C)
 
 
 def deinterleave_windows(windows: torch.Tensor, window_size: int, H: int, W: int) -> torch.Tensor:
-    """Inverse of :func:`interleave_windows`: the (B, H, W, C) map, padding dropped on the way."""
+    """Inverse of :func:`interleave_windows`: the (B, H, W, C) map, padding cropped."""
     ws = window_size
-    Hg, Wg = -(-H // ws), -(-W // ws)
-    grid = _as_grid(windows, ws, Hg, Wg)
-    if H == ws * Hg and W == ws * Wg:
-        return grid.reshape(-1, H, W, windows.shape[-1])
-    x = windows.new_empty(grid.shape[0], H, W, windows.shape[-1])
-    for block, index in _map_blocks(x, Hg, Wg):
-        block.copy_(grid[index])
-    return x
-
-
-def _padding_share(H: int, W: int, window_size: int) -> float:
-    """Padded tokens per real token when an H x W map is padded to window multiples."""
-    return (-(-H // window_size) * -(-W // window_size) * window_size ** 2) / (H * W) - 1
+    C = windows.shape[-1]
+    Hg, Wg = (H + ws - 1) // ws, (W + ws - 1) // ws
+    B = windows.shape[0] // (Hg * Wg)
+    # One gather does the permute and the crop: map pixel (i * Hg + a, j * Wg + b) is token (i, j) of
+    # window (a, b). A permute + reshape would make symbolic-shape tracers decide whether the reshape
+    # can be a view, which depends on Hg == 1 / Wg == 1 (a guard: one graph per such case), and a crop
+    # slice has the size min(H, ws * Hg) that they cannot simplify. The gather is also one copy instead
+    # of three (2.7-9x faster on one CPU thread, 128x128x96 map: 11.2 -> 3.0 ms).
+    # (the index is built as (ws, Hg) grids without dividing a tensor by a symbolic size, which tracers
+    # would turn into a data-dependent value, then cropped to H and W)
+    dev = windows.device
+    rows = (torch.arange(Hg, device=dev) * (Wg * ws * ws))[None, :] + (torch.arange(ws, device=dev) * ws)[:, None]
+    cols = (torch.arange(Wg, device=dev) * (ws * ws))[None, :] + torch.arange(ws, device=dev)[:, None]
+    rows = rows.flatten().index_select(0, torch.arange(H, device=dev))
+    cols = cols.flatten().index_select(0, torch.arange(W, device=dev))
+    index = (rows[:, None] + cols[None, :]).flatten()
+    x = windows.reshape(B, Hg * Wg * ws * ws, C).index_select(1, index)
+    return x.view(B, H, W, C)
 
 
 class InterleavedAttention(nn.Module):
     """Multi-head self-attention inside interleaved windows; no position bias, no mask.
 
-    Like the official model, the map is padded to window multiples after ``norm1`` and the padded
-    tokens take part in attention. A zero token's q, k, v are just the ``qkv`` bias, so where the
-    padding is a large share of the map (+72% tokens for a 16 x 16 map and window 7), ``qkv`` runs
-    on the real tokens only and the padding is filled with its bias. Where it is small, the C-channel
-    input is interleaved instead of the 3C-channel q, k, v: less memory traffic than the FLOPs saved.
-    ``proj`` always runs after the padding is dropped again. Same numbers either way.
+    As in the official model, the map is zero-padded to window multiples after ``norm1`` and the
+    padded tokens take part in attention.
     """
 
     def __init__(
@@ -237,69 +114,49 @@ class InterleavedAttention(nn.Module):
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = attn_drop
-        self.proj = Linear(dim, dim)
+        self.scale = self.head_dim ** -0.5
+        self.fused_attn = use_fused_attn()
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def qkv_skips_padding(self, H: int, W: int, window_size: int) -> bool:
-        """Whether ``qkv`` runs on the real tokens only for an H x W map."""
-        # padded qkv FLOPs per token (share * 3C^2) vs the extra 2C channels copied per token;
-        # the threshold is where skipping them started to pay on a 2-core AVX-512 CPU
-        return _padding_share(H, W, window_size) * self.qkv.in_features >= 32
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """(N, L, 3C) q, k, v of N windows -> (N, L, C) attention output."""
+        N, L = qkv.shape[0], qkv.shape[1]
+        q, k, v = qkv.reshape(N, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            x = self.attn_drop(attn.softmax(dim=-1)) @ v
+        return x.transpose(1, 2).reshape(N, L, self.num_heads * self.head_dim)
 
     def forward(self, x: torch.Tensor, window_size: int) -> torch.Tensor:
-        _, H, W, C = x.shape
-        if self.qkv_skips_padding(H, W, window_size):
-            x = self._attend(interleave_windows(self.qkv(x), window_size, pad_value=self.qkv.bias))
-        elif _runs_in_chunks(x):
-            x = self._attend_in_chunks(interleave_windows(x, window_size))
-        else:
-            x = self._attend(self.qkv(interleave_windows(x, window_size)))
-        x = deinterleave_windows(x, window_size, H, W)
-        return self.proj_drop(self.proj(x))
-
-    def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
-        """(N, L, 3C) q, k, v of N windows -> (N, L, C) attention output."""
-        N, L, _ = qkv.shape
-        q, k, v = qkv.view(N, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        # SDPA's default scale is head_dim ** -0.5, the official one
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.)
-        return x.transpose(1, 2).reshape(N, L, -1)
-
-    def _attend_in_chunks(self, windows: torch.Tensor) -> torch.Tensor:
-        """``_attend(qkv(windows))`` a few windows at a time (CPU inference).
-
-        Windows are independent, and a chunk's q, k, v stay in cache from ``qkv`` to attention instead
-        of making one 3C-channel map in fresh memory (77 MB in the first stage at 1024x1024).
-        """
-        _, L, C = windows.shape
-        per_chunk = max(_rows_per_chunk(3 * C * windows.element_size()) // L, 1)
-        out = torch.empty_like(windows)
-        for src, dst in zip(windows.split(per_chunk), out.split(per_chunk)):
-            dst.copy_(self._attend(self.qkv(src)))
-        return out
+        H, W = x.shape[1], x.shape[2]
+        x = self.attend(self.qkv(interleave_windows(x, window_size)))
+        x = self.proj_drop(self.proj(x))
+        return deinterleave_windows(x, window_size, H, W)
 
 
-class GELU(nn.GELU):
-    """Exact GELU that overwrites its input when no gradient is being recorded.
+def conv2d_as_conv3d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a channels-last (B, C, H, W) view, as what tracers record (``torch.export``, ONNX,
+    ``torch.compile``, FX): the same values to float32 round-off, and no guard on a size.
 
-    Meant for a fresh input (here the MLP's ``fc1`` output): inference then never allocates a second
-    copy of the block's largest map (4C channels; at 1024x1024 a fresh 100 MB buffer per stage-0 block).
+    A tracer infers a 2-D convolution's memory format from the input strides, and for a channels-last
+    input that test ends in ``batch > 1`` (a guard: batch 1 would need another graph), even after a
+    channels-last clone under ``torch.export(strict=True)``. A (1, kh, kw) conv3d over (B, C, 1, H, W)
+    has no such test and reads the same view without a copy, but its output layout is ambiguous where
+    the output map is 1x1 (an ``H * W != 1`` guard): one more zero row and column of padding on each
+    side keep the output at least 3x3, and a negative pad crops that margin (a copy, not a view: the
+    real and fake layouts of a conv3d output differ, so a view's storage offsets would too). Eager
+    cost (2 CPU threads, 8x64x64x192): depthwise 51 ms conv2d / 43 ms conv3d, stride-2 downsampler
+    127 / 125 ms, plus the crop's copy; an NCHW copy instead would take 5x the depthwise time.
     """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _records_grad(x) or self.approximate != "none":
-            return super().forward(x)
-        return torch.ops.aten.gelu_(x)
-
-
-class IwinMlp(Mlp):
-    """timm's ``Mlp`` with :class:`Linear` layers (same parameters)."""
-
-    def __init__(self, dim: int, hidden_dim: int, act_layer: Callable = GELU, drop: float = 0.):
-        super().__init__(dim, hidden_dim, act_layer=act_layer, drop=drop)
-        self.fc1, self.fc2 = Linear(dim, hidden_dim), Linear(hidden_dim, dim)
+    (sh, sw), (ph, pw) = conv.stride, conv.padding
+    y = F.conv3d(x.unsqueeze(2), conv.weight.unsqueeze(2), conv.bias, stride=(1, sh, sw),
+                 padding=(0, ph + sh, pw + sw), dilation=(1, conv.dilation[0], conv.dilation[1]), groups=conv.groups)
+    return F.pad(y.squeeze(2), (-1, -1, -1, -1))
 
 
 class DepthwiseConv(nn.Module):
@@ -310,19 +167,11 @@ class DepthwiseConv(nn.Module):
         self.depthwise = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.depthwise(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-
-
-def _add_to_temporary(temporary: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """``temporary + other``, written into ``temporary`` when the sum keeps its dtype.
-
-    ``temporary`` must be a fresh result that no backward needs (a linear layer's, a convolution's, a
-    DropPath's output): adding in place then saves allocating and filling a new map, which is what the
-    residual adds cost. Under autocast a bf16 branch added to the fp32 stream still promotes.
-    """
-    if torch.promote_types(temporary.dtype, other.dtype) != temporary.dtype:
-        return temporary + other
-    return temporary.add_(other)
+        x = x.permute(0, 3, 1, 2)  # a channels-last view: the convolution reads it without a copy
+        if not torch.jit.is_scripting():
+            if is_traced():
+                return conv2d_as_conv3d(self.depthwise, x).permute(0, 2, 3, 1)
+        return self.depthwise(x).permute(0, 2, 3, 1)
 
 
 class IwinBlock(nn.Module):
@@ -339,7 +188,7 @@ class IwinBlock(nn.Module):
             proj_drop: float = 0.,
             attn_drop: float = 0.,
             drop_path: float = 0.,
-            act_layer: Callable = GELU,
+            act_layer: Callable = nn.GELU,
             norm_layer: Callable = nn.LayerNorm,
     ):
         super().__init__()
@@ -349,43 +198,44 @@ class IwinBlock(nn.Module):
         self.dwconv = DepthwiseConv(dim) if use_dwconv else None
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = IwinMlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if fast_path(x, self):
+                return iwin_cpu.block_forward(self, x)
         y = self.norm1(x)
         mixed = self.attn(y, self.window_size)
         if self.dwconv is not None:
-            mixed = _add_to_temporary(mixed, self.dwconv(y))  # the convolution sees the unpadded map
-        x = _add_to_temporary(self.drop_path1(mixed), x)
-        if self.training or not _runs_in_chunks(x) or not x.is_contiguous():
-            return _add_to_temporary(self.drop_path2(self.mlp(self.norm2(x))), x)
-        # x is the fresh sum above, so the MLP branch can be added into it chunk by chunk: the 4C-channel
-        # hidden map (100 MB in the first stage at 1024x1024) then never exists at once
-        rows = x.view(-1, x.shape[-1])
-        for chunk in rows.split(_rows_per_chunk(self.mlp.fc1.out_features * x.element_size())):
-            chunk.add_(self.mlp(self.norm2(chunk)))
-        return x
+            mixed = mixed + self.dwconv(y)  # the convolution sees the unpadded map
+        x = x + self.drop_path1(mixed)
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
 class Downsample(nn.Module):
     """LayerNorm, then a 3x3 stride-2 convolution to twice the channels; output ceil(H/2) x ceil(W/2).
 
     The official layer pads odd sizes to even, then pads one more row and column (bottom/right)
-    before an unpadded convolution; both pads are folded into one here.
+    before an unpadded convolution. Two zero rows and columns give the same output at every size (for
+    an even size no output reaches the second one), and a size that is not a remainder of a division:
+    symbolic-shape tracers then keep one plain expression per stage.
     """
 
     def __init__(self, dim: int, out_dim: int | None = None, norm_layer: Callable = nn.LayerNorm, stride: int = 2):
         super().__init__()
+        self.stride = stride
         self.norm = norm_layer(dim)
         # stride 1 (output_stride < 32, for DeepLab-style decoders) keeps the size with a centred 3x3
         self.conv = nn.Conv2d(dim, out_dim or 2 * dim, kernel_size=3, stride=stride, padding=0 if stride == 2 else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, H, W, _ = x.shape
         x = self.norm(x).permute(0, 3, 1, 2)
-        if self.conv.stride[0] == 2:
-            x = F.pad(x, (0, 1 + W % 2, 0, 1 + H % 2))
+        if self.stride == 2:
+            x = F.pad(x, (0, 2, 0, 2))
+        if not torch.jit.is_scripting():
+            if is_traced():
+                return conv2d_as_conv3d(self.conv, x).permute(0, 2, 3, 1)  # no batch guard
         return self.conv(x).permute(0, 2, 3, 1)
 
 
@@ -399,14 +249,14 @@ class PatchEmbed(nn.Module):
         self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = x.shape[-2:]
+        if not torch.jit.is_scripting():
+            if fast_path(x, self, "patch_matmul"):
+                return iwin_cpu.patch_embed_forward(self, x)
         p = self.patch_size
-        if H % p or W % p:
-            x = F.pad(x, (0, -W % p, 0, -H % p))
-        # A stride-p p x p convolution is a linear layer on the flattened patches; as one matmul it
-        # runs ~3x faster than the convolution kernel does with 3 input channels.
-        patches = x.unflatten(2, (-1, p)).unflatten(4, (-1, p)).permute(0, 2, 4, 1, 3, 5).flatten(3)
-        return self.norm(linear(patches, self.proj.weight.flatten(1), self.proj.bias))
+        # p - 1 zero rows and columns: the last patch reaches into them wherever the size is not a
+        # multiple of p, and the output size is ceil(H / p) without a remainder for shape tracers
+        x = F.pad(x, (0, p - 1, 0, p - 1))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
 class IwinStage(nn.Module):
@@ -454,6 +304,19 @@ def default_dwconv_stages(img_size: int | Sequence[int], window_size: int, patch
     grid = max(img_size) if isinstance(img_size, (tuple, list)) else img_size
     grid //= patch_size
     return tuple(grid // 2 ** i > window_size for i in range(num_stages))
+
+
+def _check_image_batch(x: torch.Tensor, in_chans: int):
+    """Clear errors for what would otherwise fail deep inside (or silently give a wrong answer)."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"Iwin expects an image batch of shape (B, {in_chans}, H, W), got {got}")
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f"Iwin was built for {in_chans} input channels, got {x.shape[1]} (input shape "
+            f"{tuple(x.shape)}); convert the images or build the model with in_chans={x.shape[1]}")
+    if not x.is_floating_point():
+        raise TypeError(f"Iwin expects a floating-point (normalised) image tensor, got dtype {x.dtype}")
 
 
 class IwinTransformer(nn.Module):
@@ -505,7 +368,7 @@ class IwinTransformer(nn.Module):
             attn_drop_rate: float = 0.,
             drop_path_rate: float = 0.1,
             norm_layer: Callable = nn.LayerNorm,
-            act_layer: Callable = GELU,
+            act_layer: Callable = nn.GELU,
             weight_init: str = '',
     ):
         super().__init__()
@@ -521,6 +384,7 @@ class IwinTransformer(nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.window_size = window_size
+        self.output_fmt = 'NHWC'
         self.dims = [embed_dim * 2 ** i for i in range(num_stages)]
         self.num_features = self.head_hidden_size = self.dims[-1]
 
@@ -597,6 +461,9 @@ class IwinTransformer(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None):
         self.num_classes = num_classes
         self.head.reset(num_classes, pool_type=global_pool)
+        # timm's head builds the new layer on the default device and dtype; it belongs with the model's
+        reference = self.patch_embed.proj.weight
+        self.head.to(device=reference.device, dtype=reference.dtype)
 
     def set_window_size(self, window_size: int):
         """Run with another interleaved-window size (the weights do not depend on it)."""
@@ -605,64 +472,69 @@ class IwinTransformer(nn.Module):
             if isinstance(module, IwinBlock):
                 module.window_size = window_size
 
+    @torch.jit.ignore
     def check_input(self, x: torch.Tensor):
-        if not isinstance(x, torch.Tensor) or x.ndim != 4:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"Iwin expects an image batch of shape (B, {self.in_chans}, H, W), got {got}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"Iwin was built for {self.in_chans} input channels, got {x.shape[1]} (input shape "
-                f"{tuple(x.shape)}); convert the images or build the model with in_chans={x.shape[1]}")
-        if not x.is_floating_point():
-            raise TypeError(f"Iwin expects a floating-point (normalised) image tensor, got dtype {x.dtype}")
+        _check_image_batch(x, self.in_chans)
+
+    def _check(self, x: torch.Tensor):
+        if not torch.jit.is_scripting():
+            if not is_traced():  # a graph recorder gets no data-dependent Python checks
+                self.check_input(x)
+
+    def _stage_output(self, i: int, x: torch.Tensor, norm: bool) -> torch.Tensor:
+        """Stage ``i``'s output feature: through its own norm (segmentation backbone), or the final norm."""
+        feat = x
+        if self.stage_norms is not None:
+            for j, stage_norm in enumerate(self.stage_norms):  # TorchScript indexes a ModuleList by constants only
+                if j == i:
+                    feat = stage_norm(x)
+        elif norm and i == len(self.layers) - 1:
+            feat = self.norm(x)
+        return feat
 
     def forward_intermediates(
             self,
             x: torch.Tensor,
-            indices: int | list[int] | None = None,
+            indices: Optional[Union[int, List[int]]] = None,  # noqa: UP006, UP007, UP045
             norm: bool = False,
             stop_early: bool = False,
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
-    ):
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:  # noqa: UP006, UP007
         """Stage outputs at strides 4, 8, 16, 32 (``indices`` picks them, timm's convention).
 
         With ``stage_norms`` each one goes through its own LayerNorm (the segmentation backbone's
         outputs); otherwise ``norm=True`` applies the final norm to the last stage.
         """
         if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        self.check_input(x)
+            raise ValueError("output_fmt must be 'NCHW' or 'NHWC', got " + output_fmt)  # (TorchScript: no f-string)
+        self._check(x)
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
-        last = len(self.layers) - 1
-        stages = self.layers[:max_index + 1] if stop_early else self.layers
-
         intermediates = []
         x = self.patch_embed(x)
+        if torch.jit.is_scripting() or not stop_early:  # TorchScript cannot slice the stages
+            stages = self.layers
+        else:
+            stages = self.layers[:max_index + 1]
+        last = 0
         for i, stage in enumerate(stages):
             x = stage(x)
-            if i not in take_indices:
-                continue
-            if self.stage_norms is not None:
-                feat = self.stage_norms[i](x)
-            elif norm and i == last:
-                feat = self.norm(x)
-            else:
-                feat = x
-            intermediates.append(feat.permute(0, 3, 1, 2) if output_fmt == 'NCHW' else feat)
-
+            last = i
+            if i in take_indices:
+                feat = self._stage_output(i, x, norm)
+                intermediates.append(feat.permute(0, 3, 1, 2) if output_fmt == 'NCHW' else feat)
         if intermediates_only:
             return intermediates
-        if len(stages) == len(self.layers):
+        if last == len(self.layers) - 1:
             x = self.norm(x)
         return x, intermediates
 
     def prune_intermediate_layers(
             self,
-            indices: int | list[int] = 1,
+            indices: Union[int, List[int]] = 1,  # noqa: UP006, UP007
             prune_norm: bool = False,
             prune_head: bool = True,
-    ) -> list[int]:
+    ) -> List[int]:  # noqa: UP006
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
         self.layers = self.layers[:max_index + 1]
         if self.stage_norms is not None:
@@ -674,7 +546,7 @@ class IwinTransformer(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+        self._check(x)
         x = self.layers(self.patch_embed(x))
         return self.norm(x)
 
@@ -685,28 +557,6 @@ class IwinTransformer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-_OFFICIAL_DOWNSAMPLE = re.compile(r'^layers\.(\d+)\.downsample\.')
-_OFFICIAL_STAGE_NORM = re.compile(r'^norm(\d+)\.')
-
-
-def remap_official_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official key names (classification or mmseg backbone, ``backbone.`` stripped) -> ours.
-
-    Keys already in our layout pass through: an official checkpoint is recognised by its
-    ``layers.0.downsample`` (we have none) or ``head.weight`` / ``norm{i}`` names.
-    """
-    official = any(k.startswith('layers.0.downsample.') for k in state_dict)
-    out = {}
-    for k, v in state_dict.items():
-        if official:
-            k = _OFFICIAL_DOWNSAMPLE.sub(lambda m: f'layers.{int(m[1]) + 1}.downsample.', k)
-        k = _OFFICIAL_STAGE_NORM.sub(r'stage_norms.\1.', k)
-        if k.startswith('head.') and not k.startswith('head.fc.'):
-            k = 'head.fc.' + k[len('head.'):]
-        out[k] = v
-    return out
-
-
 def checkpoint_filter_fn(state_dict: dict, model: IwinTransformer) -> dict[str, torch.Tensor]:
     """Accept every official layout and check it against ``model`` with strict-load semantics.
 
@@ -714,10 +564,7 @@ def checkpoint_filter_fn(state_dict: dict, model: IwinTransformer) -> dict[str, 
     checkpoint (``{'state_dict': {'backbone.*', 'decode_head.*', ...}}``: the backbone is used),
     a bare state dict, or one of ours. Raises :class:`CheckpointError` naming what does not fit.
     """
-    state_dict = unwrap_state_dict(state_dict)
-    if any(k.startswith('backbone.') for k in state_dict):
-        state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
-    state_dict = remap_official_keys(state_dict)
+    state_dict = convert_official_backbone(unwrap_state_dict(state_dict))
     model_sd = model.state_dict()
 
     # Modules the source never had, by design, keep their initial values (as mmseg does when it
@@ -747,6 +594,8 @@ def checkpoint_filter_fn(state_dict: dict, model: IwinTransformer) -> dict[str, 
     return state_dict
 
 
+
+
 def _create_iwin(variant: str, pretrained: bool = False, **kwargs) -> IwinTransformer:
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     device, dtype = kwargs.pop('device', None), kwargs.pop('dtype', None)
@@ -771,38 +620,31 @@ def _create_iwin(variant: str, pretrained: bool = False, **kwargs) -> IwinTransf
 
 def _explain_load_failure(variant: str, kwargs: dict, error: Exception) -> str:
     """Say which file failed to load and what to do about it (timm's own errors do not)."""
-    from timm.models._builder import _resolve_pretrained_source
-    from timm.models._registry import get_pretrained_cfg
-
-    from .checkpoint import cached_path_for_url
-
-    cfg = get_pretrained_cfg(variant)
-    cfg = cfg.to_dict() if cfg is not None else {}
-    cfg.update(kwargs.get('pretrained_cfg_overlay') or {})
-    source, location = _resolve_pretrained_source(cfg)
+    # the tag's cfg (timm passes a tag such as 'in1k' as pretrained_cfg), with the user's overlay
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                 pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    name = f"{variant}.{cfg.tag}" if cfg.tag else variant
     reason = f"{type(error).__name__}: {error}"
-    if source == 'url':
-        cached = cached_path_for_url(location)
-        if os.path.exists(cached):
-            return (f"pretrained weights for {variant}: the cached file {cached} could not be read ({reason}). "
-                    f"It is probably a truncated or corrupt download: delete it and try again.")
-        return (f"pretrained weights for {variant} are not cached and could not be downloaded from {location} "
-                f"({reason}). Without network access, put the file at {cached} or pass "
-                f"pretrained_cfg_overlay=dict(file='/path/to/{os.path.basename(location)}').")
-    if source == 'file':
-        if not os.path.isfile(location):
-            return f"pretrained weights for {variant}: no such file {location}"
-        return (f"pretrained weights for {variant}: {location} is not a readable checkpoint ({reason}); "
+    if cfg.file:
+        if not os.path.isfile(cfg.file):
+            return f"pretrained weights for {name}: no such file {cfg.file}"
+        return (f"pretrained weights for {name}: {cfg.file} is not a readable checkpoint ({reason}); "
                 f"expected a PyTorch .pth/.pt or a .safetensors file, possibly truncated")
-    return f"pretrained weights for {variant} could not be loaded from {source or 'anywhere'} {location}: {reason}"
+    if cfg.url:
+        cached = cached_path_for_url(cfg.url)
+        if os.path.exists(cached):
+            return (f"pretrained weights for {name}: the cached file {cached} could not be read ({reason}). "
+                    f"It is probably a truncated or corrupt download: delete it and try again.")
+        return (f"pretrained weights for {name} are not cached and could not be downloaded from {cfg.url} "
+                f"({reason}). Without network access, put the file at {cached} or pass "
+                f"pretrained_cfg_overlay=dict(file='/path/to/{os.path.basename(cfg.url)}').")
+    source = cfg.hf_hub_id or 'anywhere'
+    return f"pretrained weights for {name} could not be loaded from {source}: {reason}"
 
 
-_RELEASE = 'https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0'
-
-
-def _cfg(file: str, resolution: int = 224, **kwargs) -> dict:
+def _cfg(url: str, resolution: int = 224, **kwargs) -> dict:
     return {
-        'url': f'{_RELEASE}/{file}',
+        'url': url,
         'num_classes': 1000,
         'input_size': (3, resolution, resolution),
         'pool_size': (resolution // 32, resolution // 32),
@@ -822,30 +664,50 @@ def _cfg(file: str, resolution: int = 224, **kwargs) -> dict:
     }
 
 
-def _in22k_family(name: str, resolution: int) -> dict:
-    stem = f'{name}_patch4_window{ {224: 7, 384: 12}.get(resolution, 16) }_{resolution}'
-    return {
-        'in22k_ft_in1k': _cfg(f'{stem}_22kto1k.pth', resolution),
-        'in22k': _cfg(f'{stem}_22k.pth', resolution, num_classes=21841),
-    }
-
-
+# the first tag of an architecture is its default (iwin_base: ImageNet-22K -> 1K)
 default_cfgs = generate_default_cfgs({
-    'iwin_tiny.in1k': _cfg('iwin_tiny_patch4_window7_224.pth'),
-    'iwin_small.in1k': _cfg('iwin_small_patch4_window7_224.pth'),
-    'iwin_small_patch4_window12_384.in1k': _cfg('iwin_small_patch4_window12_384.pth', 384),
-    'iwin_small_patch4_window16_512.in1k': _cfg('iwin_small_patch4_window16_512.pth', 512),
-    'iwin_small_patch4_window16_1024.in1k': _cfg('iwin_small_patch4_window16_1024.pth', 1024),
-    **{f'iwin_base.{tag}': c for tag, c in _in22k_family('iwin_base', 224).items()},
-    'iwin_base.in1k': _cfg('iwin_base_patch4_window7_224.pth'),
-    **{f'iwin_base_patch4_window12_384.{tag}': c for tag, c in _in22k_family('iwin_base', 384).items()},
-    'iwin_base_patch4_window12_384.in1k': _cfg('iwin_base_patch4_window12_384.pth', 384),
-    **{f'iwin_base_patch4_window16_512.{tag}': c for tag, c in _in22k_family('iwin_base', 512).items()},
-    'iwin_base_patch4_window16_512.in1k': _cfg('iwin_base_patch4_window16_512.pth', 512),
-    **{f'iwin_base_patch4_window16_1024.{tag}': c for tag, c in _in22k_family('iwin_base', 1024).items()},
-    'iwin_base_patch4_window16_1024.in1k': _cfg('iwin_base_patch4_window16_1024.pth', 1024),
-    **{f'iwin_large.{tag}': c for tag, c in _in22k_family('iwin_large', 224).items()},
-    **{f'iwin_large_patch4_window12_384.{tag}': c for tag, c in _in22k_family('iwin_large', 384).items()},
+    'iwin_tiny.in1k': _cfg(
+        url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_tiny_patch4_window7_224.pth'),  # noqa: E501
+    'iwin_small.in1k': _cfg(
+        url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_small_patch4_window7_224.pth'),  # noqa: E501
+    'iwin_small_patch4_window12_384.in1k': _cfg(
+        resolution=384, url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_small_patch4_window12_384.pth'),  # noqa: E501
+    'iwin_small_patch4_window16_512.in1k': _cfg(
+        resolution=512, url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_small_patch4_window16_512.pth'),  # noqa: E501
+    'iwin_small_patch4_window16_1024.in1k': _cfg(
+        resolution=1024, url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_small_patch4_window16_1024.pth'),  # noqa: E501
+    'iwin_base.in22k_ft_in1k': _cfg(
+        url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_base_patch4_window7_224_22kto1k.pth'),  # noqa: E501
+    'iwin_base.in22k': _cfg(
+        num_classes=21841, url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_base_patch4_window7_224_22k.pth'),  # noqa: E501
+    'iwin_base.in1k': _cfg(
+        url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_base_patch4_window7_224.pth'),  # noqa: E501
+    'iwin_base_patch4_window12_384.in22k_ft_in1k': _cfg(
+        resolution=384, url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_base_patch4_window12_384_22kto1k.pth'),  # noqa: E501
+    'iwin_base_patch4_window12_384.in22k': _cfg(
+        resolution=384, num_classes=21841, url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_base_patch4_window12_384_22k.pth'),  # noqa: E501
+    'iwin_base_patch4_window12_384.in1k': _cfg(
+        resolution=384, url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_base_patch4_window12_384.pth'),  # noqa: E501
+    'iwin_base_patch4_window16_512.in22k_ft_in1k': _cfg(
+        resolution=512, url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_base_patch4_window16_512_22kto1k.pth'),  # noqa: E501
+    'iwin_base_patch4_window16_512.in22k': _cfg(
+        resolution=512, num_classes=21841, url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_base_patch4_window16_512_22k.pth'),  # noqa: E501
+    'iwin_base_patch4_window16_512.in1k': _cfg(
+        resolution=512, url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_base_patch4_window16_512.pth'),  # noqa: E501
+    'iwin_base_patch4_window16_1024.in22k_ft_in1k': _cfg(
+        resolution=1024, url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_base_patch4_window16_1024_22kto1k.pth'),  # noqa: E501
+    'iwin_base_patch4_window16_1024.in22k': _cfg(
+        resolution=1024, num_classes=21841, url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_base_patch4_window16_1024_22k.pth'),  # noqa: E501
+    'iwin_base_patch4_window16_1024.in1k': _cfg(
+        resolution=1024, url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_base_patch4_window16_1024.pth'),  # noqa: E501
+    'iwin_large.in22k_ft_in1k': _cfg(
+        url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_large_patch4_window7_224_22kto1k.pth'),  # noqa: E501
+    'iwin_large.in22k': _cfg(
+        num_classes=21841, url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_large_patch4_window7_224_22k.pth'),  # noqa: E501
+    'iwin_large_patch4_window12_384.in22k_ft_in1k': _cfg(
+        resolution=384, url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_large_patch4_window12_384_22kto1k.pth'),  # noqa: E501
+    'iwin_large_patch4_window12_384.in22k': _cfg(
+        resolution=384, num_classes=21841, url='https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_large_patch4_window12_384_22k.pth'),  # noqa: E501
 })
 
 # embed_dim, depths, ImageNet heads (per the official classification configs)

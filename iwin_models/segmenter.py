@@ -16,8 +16,10 @@ Where smp's defaults differ from what the checkpoints were trained with, we foll
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import segmentation_models_pytorch as smp
 import torch
@@ -31,28 +33,16 @@ from segmentation_models_pytorch.encoders import get_encoder
 from torch.utils.checkpoint import checkpoint
 
 from . import ade20k
-from . import iwin as _iwin  # also registers the timm models used as encoders
-from .checkpoint import CheckpointError, check_state_dict_fits, convert_mmseg_upernet, load_url, read_checkpoint
+from . import iwin as _iwin  # noqa: F401  (registers the timm models used as encoders)
+from .checkpoint import CheckpointError, check_state_dict_fits, load_url, read_checkpoint
+from .convert import convert_mmseg_upernet
+from .layers.config import fast_path, is_traced
 
 __all__ = [
-    "IwinUPerNet", "create_segmenter", "load_segmenter_weights", "SEGMENTERS",
+    "IwinUPerNet", "create_segmenter", "load_segmenter_weights", "SEGMENTERS", "SegmenterWeights",
+    "EvalProtocol", "WeightsTerms", "segmenter_table", "model_card_kwargs",
     "iwin_tiny_upernet_ade20k", "iwin_small_upernet_ade20k", "iwin_base_upernet_ade20k",
 ]
-
-_RELEASE = "https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0"
-
-# name -> encoder, the encoder arguments the ADE20K config used, official weights
-SEGMENTERS = {
-    "iwin_tiny_upernet_ade20k": dict(
-        encoder="iwin_tiny", encoder_kwargs={}, url=f"{_RELEASE}/iwin_tiny_patch4_window7_512_ade20k_1k.pth"),
-    # The ADE20K Iwin-S uses heads 3,6,12,24 (the ImageNet Iwin-S 3,4,8,16). Head counts are not part
-    # of any weight shape, so a wrong count would load silently and give wrong outputs.
-    "iwin_small_upernet_ade20k": dict(
-        encoder="iwin_small", encoder_kwargs=dict(num_heads=(3, 6, 12, 24)),
-        url=f"{_RELEASE}/iwin_small_patch4_window7_512_ade20k_1k.pth"),
-    "iwin_base_upernet_ade20k": dict(
-        encoder="iwin_base", encoder_kwargs={}, url=f"{_RELEASE}/iwin_base_patch4_window7_512_ade20k_1k.pth"),
-}
 
 
 class PoolSafeBatchNorm2d(nn.BatchNorm2d):
@@ -70,25 +60,60 @@ class PoolSafeBatchNorm2d(nn.BatchNorm2d):
 
 
 class UPerNetDecoderChannelsLast(UPerNetDecoder):
-    """smp's ``UPerNetDecoder`` (same modules, same state dict), run channels-last throughout.
+    """smp's ``UPerNetDecoder`` (same modules, same state dict), with a fast twin for eager CPU runs.
 
-    Iwin's features are channels-last views of NHWC maps; the PSP branch (1x1 pooled maps) returns
-    NCHW, which would turn every later map NCHW too. One small conversion of the PSP output keeps the
-    whole decoder channels-last, the layout oneDNN's convolutions and the bilinear kernels run fastest.
-    Outputs equal smp's forward up to round-off (tested).
+    The plain path is smp's ``forward``. The fast twin (switch ``channels_last_decoder`` of
+    :mod:`iwin_models.layers.config`) differs in two ways, each exact up to round-off (tested):
+
+    * channels-last throughout: Iwin's features are channels-last views of NHWC maps; the PSP branch
+      (1x1 pooled maps) returns NCHW, which would turn every later map NCHW too. One small conversion
+      of the PSP output keeps the whole decoder channels-last, the layout oneDNN's convolutions and the
+      bilinear kernels run fastest;
+    * at inference, no stride-4 concatenation: the fusion conv over the four concatenated maps equals
+      the sum of its four channel groups' convs over each map, so each map is resized, convolved and
+      released in turn. At the 1.75x scale of ``--aug`` on a 4:3 photo (896x1195) the four resized
+      512-channel maps and their concatenation held ~1.1 GB of the decoder's ~1.3 GB.
     """
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        if not fast_path(features[-1], None, "channels_last_decoder"):
+            return super().forward(list(features))
         features = [norm(f) for norm, f in zip(self.feature_norms, features[2:])]
         maps = [self.psp(features[-1]).contiguous(memory_format=torch.channels_last)]  # stride 32
         for block, lateral in zip(self.fpn_lateral_blocks, features[-2::-1]):  # strides 16, 8, 4
             maps.append(block(maps[-1], lateral))
         maps = maps[:1] + [conv(m) for conv, m in zip(self.fpn_conv_blocks, maps[1:])]
+        if not torch.is_grad_enabled() and self._fusion_is_plain():
+            return self._fuse_by_channel_groups(maps[::-1])
         size = maps[-1].shape[2:]
         # smp also resizes the stride-4 map to its own size: an exact copy, skipped here
         resized = [m if m.shape[2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
                    for m in maps[::-1]]
         return self.fusion_block(torch.cat(resized, dim=1))
+
+    def _fusion_is_plain(self) -> bool:
+        """The fusion block is smp's conv-BN-ReLU with no hooks (the channel-group twin bypasses its conv)."""
+        block = self.fusion_block
+        if not (isinstance(block, nn.Sequential) and len(block) == 3 and type(block[0]) is nn.Conv2d):
+            return False
+        return (block[0].groups == 1 and block[0].padding_mode == "zeros"
+                and not any(m._forward_hooks or m._forward_pre_hooks for m in (block, *block)))
+
+    def _fuse_by_channel_groups(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """``fusion_block(cat(resized maps))`` as ``act(norm(sum of group conv(resized map)))``, a map at a time."""
+        conv, norm, act = self.fusion_block
+        size = maps[0].shape[2:]
+        out, first = None, 0
+        for m in maps:
+            weight = conv.weight[:, first:first + m.shape[1]]
+            first += m.shape[1]
+            if m.shape[2:] != size:
+                m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+            y = F.conv2d(m, weight, None, conv.stride, conv.padding, conv.dilation)
+            out = y if out is None else out.add_(y)
+        if conv.bias is not None:
+            out = out + conv.bias.view(1, -1, 1, 1)
+        return act(norm(out))
 
 
 def _resize(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -228,7 +253,7 @@ class IwinUPerNet(SegmentationModel):
             raise ValueError("the input holds NaN or Inf values")
 
     def forward(self, x: torch.Tensor, return_aux: bool = False):
-        if not _iwin._is_traced():
+        if not is_traced():
             self.check_input_shape(x)
         if return_aux and self.auxiliary_head is None:
             raise ValueError("this model has no auxiliary head (aux_channels=0)")
@@ -282,6 +307,21 @@ class IwinUPerNet(SegmentationModel):
         config = getattr(self, "_hub_mixin_config", None)
         if config is not None:
             config.update(class_names=self.class_names, palette=self.palette)
+
+    def generate_model_card(self, *args, segmenter: str | None = None, **kwargs):
+        """smp's model card (``save_pretrained`` writes it as ``README.md``). With
+        ``segmenter=<registered name>`` (``model_card_kwargs=model_card_kwargs(name)``) it also
+        describes those weights from :data:`SEGMENTERS`: figures, source, test protocol and the
+        terms the authors set for them."""
+        if segmenter is None:
+            return super().generate_model_card(*args, **kwargs)
+        weights = _registered(segmenter)
+        card = super().generate_model_card(*args, **{**weights.card_metrics(), **kwargs})
+        card.data.license = weights.terms.hub_license
+        card.data.license_name = weights.terms.hub_license_name
+        card.data.license_link = weights.terms.url
+        card.text += weights.card_section()
+        return card
 
 
 # let smp.from_pretrained(<folder or hub repo>) find our class by name (it looks in smp's namespace)
@@ -343,6 +383,191 @@ def load_segmenter_weights(model: IwinUPerNet, checkpoint: dict | str) -> IwinUP
     return model
 
 
+# --- the authors' ADE20K segmenters, described as data ----------------------------------------------
+# Like torchvision's ``Weights``: everything said about a checkpoint lives here, and the entrypoint
+# docstrings (what ``torch.hub.help`` shows), the model card and the README table are written from it.
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalProtocol:
+    """How the authors tested (mmseg's ADE20K test pipeline); :mod:`iwin_models.inference` runs it."""
+
+    scale: tuple[int, int] = (2048, 512)  # (long, short): the image is fitted in, aspect ratio kept
+    slide_crop: int = 512  # ``slide=True``: crops of this size ...
+    slide_stride: int = 341  # ... at this stride, overlapping logits averaged
+    aug_ratios: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # ``aug=True``: ratios of ``scale``
+    aug_flip: bool = True  # ``aug=True`` also adds the horizontal flip of every scale
+    mean: tuple[float, ...] = ade20k.MEAN  # RGB, 0-255
+    std: tuple[float, ...] = ade20k.STD
+
+    def describe(self) -> str:
+        long, short = self.scale
+        ratios = ", ".join(str(r) for r in self.aug_ratios)
+        return (f"fitted into {long}x{short} keeping the aspect ratio, whole image (slide: {self.slide_crop} "
+                f"crops at stride {self.slide_stride}; aug: ratios {ratios}{' + flip' if self.aug_flip else ''})")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsTerms:
+    """The terms under which the authors release weights, as they state them."""
+
+    summary: str
+    source: str
+    url: str
+    hub_license: str  # the Hugging Face card's ``license`` field
+    hub_license_name: str
+
+    def describe(self) -> str:
+        return f"{self.summary} ({self.source}, {self.url})"
+
+
+AUTHORS_TERMS = WeightsTerms(
+    summary="MIT for research use; commercial use by agreement with the authors",
+    source="the authors' model card",
+    url="https://huggingface.co/cominder/Iwin-Transformer",
+    hub_license="other",  # not plain MIT: commercial use needs the authors' agreement
+    hub_license_name="iwin-transformer-weights",
+)
+
+ADE20K_PROTOCOL = EvalProtocol()
+_FLOPS_INPUT = (3, 512, 2048)  # mmseg's convention for the published FLOPs
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmenterWeights:
+    """One released segmenter: where its weights are, how to build it, and what the authors report.
+
+    ``params_m`` counts the whole model with the auxiliary head (as mmseg does); ``flops_g`` is
+    mmcv's count (multiply-accumulates) at ``flops_input``; ``miou`` is ADE20K val, single scale.
+    """
+
+    name: str
+    title: str
+    url: str
+    encoder: str
+    encoder_kwargs: Mapping[str, Any]
+    params_m: float
+    flops_g: int
+    miou: float
+    flops_input: tuple[int, int, int] = _FLOPS_INPUT
+    dataset: str = "ADE20K (SceneParsing, 150 classes)"
+    class_names: tuple[str, ...] = ade20k.CLASSES
+    palette: tuple[tuple[int, int, int], ...] = ade20k.PALETTE
+    protocol: EvalProtocol = ADE20K_PROTOCOL
+    terms: WeightsTerms = AUTHORS_TERMS
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def heads(self) -> tuple[int, ...]:
+        return tuple(self.encoder_kwargs["num_heads"])
+
+    @property
+    def file_name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    def figures(self) -> str:
+        c, h, w = self.flops_input
+        return (f"{self.miou:.2f} mIoU (the authors', ADE20K val, single scale), {self.params_m}M params "
+                f"(with the auxiliary head), {self.flops_g}G FLOPs at {c}x{h}x{w} (mmcv)")
+
+    def docstring(self) -> str:
+        """The entrypoint's docstring (what ``torch.hub.help`` prints)."""
+        return "\n".join([
+            f"{self.title} with the authors' ADE20K weights: {self.figures()}.",
+            "",
+            f"Encoder ``{self.encoder}``, heads {_commas(self.heads)}; classes: {self.dataset}.",
+            f"Test protocol: {self.protocol.describe()}.",
+            f"Weights: {self.url}",
+            f"Terms of the weights: {self.terms.describe()}.",
+            "",
+            "Args:",
+            "    pretrained: load the authors' ADE20K checkpoint (cached under $TORCH_HOME/hub/checkpoints).",
+            "    num_classes: 150 for ADE20K; another count keeps the body and re-initialises the classifiers.",
+            "    weights: local path, URL or loaded checkpoint to use instead of the official file.",
+            "    **kwargs: see ``iwin_models.segmenter.create_segmenter``.",
+        ])
+
+    def card_metrics(self) -> dict:
+        """``dataset`` and ``metrics`` for smp's model card template."""
+        c, h, w = self.flops_input
+        return dict(dataset=self.dataset, metrics={
+            "mIoU (ADE20K val, single scale, the authors')": self.miou,
+            "params (M, with the auxiliary head)": self.params_m,
+            f"FLOPs (G, mmcv, {c}x{h}x{w})": self.flops_g,
+        })
+
+    def card_section(self) -> str:
+        """Markdown describing these weights, appended to the model card."""
+        return "\n".join([
+            "", f"## Weights: {self.title} on ADE20K", "",
+            f"The authors' checkpoint [{self.file_name}]({self.url}) in `IwinUPerNet` names: {self.figures()}.",
+            f"Encoder `{self.encoder}`, heads {_commas(self.heads)}; {self.num_classes} classes, names and palette "
+            f"in `config.json`. Test protocol: {self.protocol.describe()}.",
+            "Paper: [arXiv 2507.18405](https://arxiv.org/abs/2507.18405); authors' code: "
+            "[Cominder/Iwin-Transformer](https://github.com/Cominder/Iwin-Transformer).",
+            "", "## Terms of the weights", "",
+            f"{self.terms.summary}, as stated in [{self.terms.source}]({self.terms.url}).", "",
+        ])
+
+    def table_row(self) -> str:
+        return (f"| `{self.name}` | {_commas(self.heads)} | {self.params_m}M | {self.flops_g}G | {self.miou:.2f} "
+                f"| [{self.file_name}]({self.url}) |")
+
+
+def _commas(values: Sequence) -> str:
+    return ",".join(str(v) for v in values)
+
+
+# The ADE20K Iwin-S uses heads 3,6,12,24 (the ImageNet Iwin-S 3,4,8,16). Head counts are not part of any
+# weight shape, so a wrong count would load silently and give wrong outputs: every entry states its heads.
+SEGMENTERS: dict[str, SegmenterWeights] = {w.name: w for w in (
+    SegmenterWeights(
+        name="iwin_tiny_upernet_ade20k", title="Iwin-T UPerNet",
+        url="https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_tiny_patch4_window7_512_ade20k_1k.pth",
+        encoder="iwin_tiny", encoder_kwargs=dict(num_heads=(3, 6, 12, 24)),
+        params_m=61.9, flops_g=946, miou=44.70),
+    SegmenterWeights(
+        name="iwin_small_upernet_ade20k", title="Iwin-S UPerNet",
+        url="https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_small_patch4_window7_512_ade20k_1k.pth",
+        encoder="iwin_small", encoder_kwargs=dict(num_heads=(3, 6, 12, 24)),
+        params_m=83.2, flops_g=1038, miou=47.50),
+    SegmenterWeights(
+        name="iwin_base_upernet_ade20k", title="Iwin-B UPerNet",
+        url="https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/iwin_base_patch4_window7_512_ade20k_1k.pth",
+        encoder="iwin_base", encoder_kwargs=dict(num_heads=(4, 8, 16, 32)),
+        params_m=124.8, flops_g=1189, miou=48.90),
+)}
+
+
+def _registered(name: str) -> SegmenterWeights:
+    if name not in SEGMENTERS:
+        raise ValueError(f"unknown segmenter {name!r}; choose one of {', '.join(SEGMENTERS)}")
+    return SEGMENTERS[name]
+
+
+def segmenter_table() -> str:
+    """The README's table of segmenters (markdown), with the terms of their weights."""
+    weights = list(SEGMENTERS.values())
+    c, h, w = _FLOPS_INPUT
+    lines = [f"| model | heads | params (with aux head) | FLOPs {c}x{h}x{w} (mmcv) | mIoU (authors) | weights |",
+             "|---|---|---|---|---|---|", *(entry.table_row() for entry in weights), ""]
+    protocols = sorted({entry.protocol.describe() for entry in weights})
+    terms = sorted({entry.terms.describe() for entry in weights})
+    lines += [f"mIoU: ADE20K val, single scale, test images {' / '.join(protocols)}.",
+              f"Terms of the weights: {' / '.join(terms)}."]
+    return "\n".join(lines)
+
+
+def model_card_kwargs(name: str) -> dict:
+    """``save_pretrained(folder, model_card_kwargs=model_card_kwargs(name))``: the card then
+    describes the registered weights ``name`` (figures, source, protocol, terms)."""
+    _registered(name)
+    return dict(segmenter=name)
+
+
 def create_segmenter(
         name: str,
         pretrained: bool = True,
@@ -366,64 +591,47 @@ def create_segmenter(
         aux_head: build the auxiliary FCN head (used for the training loss only).
         **kwargs: ``window_size``, ``drop_path_rate`` (0.3 by default, the training recipe), ``dropout``.
     """
-    if name not in SEGMENTERS:
-        raise ValueError(f"unknown segmenter {name!r}; choose one of {', '.join(SEGMENTERS)}")
-    spec = SEGMENTERS[name]
-    encoder_kwargs = dict(spec["encoder_kwargs"], drop_path_rate=kwargs.pop("drop_path_rate", 0.3))
+    spec = _registered(name)
+    encoder_kwargs = dict(spec.encoder_kwargs, drop_path_rate=kwargs.pop("drop_path_rate", 0.3))
     if "window_size" in kwargs:
         encoder_kwargs["window_size"] = kwargs.pop("window_size")
-    encoder_name = spec["encoder"]
+    encoder_name = spec.encoder
     if encoder_pretrained:
         encoder_name += ".in1k"
         if isinstance(encoder_pretrained, str):
             encoder_kwargs["pretrained_cfg_overlay"] = dict(file=encoder_pretrained)
-    is_ade = num_classes == len(ade20k.CLASSES)
+    same_classes = num_classes == spec.num_classes
     model = IwinUPerNet(
         encoder_name=encoder_name,
         encoder_weights=bool(encoder_pretrained) or None,
         encoder_kwargs=encoder_kwargs,
         classes=num_classes,
         aux_channels=256 if aux_head else 0,
-        class_names=ade20k.CLASSES if is_ade else None,
-        palette=ade20k.PALETTE if is_ade else None,
+        class_names=spec.class_names if same_classes else None,
+        palette=spec.palette if same_classes else None,
         **kwargs,
     )
     if weights is not None or pretrained:
-        load_segmenter_weights(model, weights if weights is not None else spec["url"])
+        load_segmenter_weights(model, weights if weights is not None else spec.url)
     return model
 
 
-def iwin_tiny_upernet_ade20k(pretrained: bool = True, num_classes: int = 150, **kwargs) -> IwinUPerNet:
-    """Iwin-T UPerNet trained on ADE20K (44.70 mIoU single scale, 61.9M params).
+def _described(fn):
+    """The entrypoint's docstring, written from its :data:`SEGMENTERS` entry."""
+    fn.__doc__ = SEGMENTERS[fn.__name__].docstring()
+    return fn
 
-    Args:
-        pretrained: load the authors' ADE20K checkpoint (cached under $TORCH_HOME/hub/checkpoints).
-        num_classes: 150 for ADE20K; another count keeps the body and re-initialises the classifiers.
-        weights: local path, URL or loaded checkpoint to use instead of the official file.
-        **kwargs: see ``iwin_models.segmenter.create_segmenter``.
-    """
+
+@_described
+def iwin_tiny_upernet_ade20k(pretrained: bool = True, num_classes: int = 150, **kwargs) -> IwinUPerNet:
     return create_segmenter("iwin_tiny_upernet_ade20k", pretrained, num_classes, **kwargs)
 
 
+@_described
 def iwin_small_upernet_ade20k(pretrained: bool = True, num_classes: int = 150, **kwargs) -> IwinUPerNet:
-    """Iwin-S UPerNet trained on ADE20K (47.50 mIoU single scale, 83.2M params; heads 3,6,12,24).
-
-    Args:
-        pretrained: load the authors' ADE20K checkpoint (cached under $TORCH_HOME/hub/checkpoints).
-        num_classes: 150 for ADE20K; another count keeps the body and re-initialises the classifiers.
-        weights: local path, URL or loaded checkpoint to use instead of the official file.
-        **kwargs: see ``iwin_models.segmenter.create_segmenter``.
-    """
     return create_segmenter("iwin_small_upernet_ade20k", pretrained, num_classes, **kwargs)
 
 
+@_described
 def iwin_base_upernet_ade20k(pretrained: bool = True, num_classes: int = 150, **kwargs) -> IwinUPerNet:
-    """Iwin-B UPerNet trained on ADE20K (48.90 mIoU single scale, 124.8M params).
-
-    Args:
-        pretrained: load the authors' ADE20K checkpoint (cached under $TORCH_HOME/hub/checkpoints).
-        num_classes: 150 for ADE20K; another count keeps the body and re-initialises the classifiers.
-        weights: local path, URL or loaded checkpoint to use instead of the official file.
-        **kwargs: see ``iwin_models.segmenter.create_segmenter``.
-    """
     return create_segmenter("iwin_base_upernet_ade20k", pretrained, num_classes, **kwargs)

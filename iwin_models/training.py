@@ -1,10 +1,10 @@
-"""Train or fine-tune an Iwin UPerNet with the authors' ADE20K recipe; the ``iwin-seg train`` command.
+"""Train or fine-tune an Iwin UPerNet with the authors' ADE20K recipe: :class:`TrainConfig` and :class:`Trainer`.
 
-Recipe (mmseg config of the official repository; every value is an option): 160k iterations, 2 images
-per process (8 GPUs in the paper), AdamW lr 6e-5, betas 0.9/0.999, weight decay 0.01 except on norms,
-biases and other 1-D parameters; linear warm-up over 1500 iterations from ratio 1e-6, then poly decay
-(power 1.0) to 0; loss = CE(logits) + 0.4 CE(aux logits), ignore index 255; drop_path 0.3; SyncBN in
-the heads when several GPUs train together.
+Recipe (mmseg config of the official repository; every value is a :class:`TrainConfig` field and an
+``iwin-seg train`` option): 160k iterations, 2 images per process (8 GPUs in the paper), AdamW lr 6e-5,
+betas 0.9/0.999, weight decay 0.01 except on norms, biases and other 1-D parameters; linear warm-up over
+1500 iterations from ratio 1e-6, then poly decay (power 1.0) to 0; loss = CE(logits) + 0.4 CE(aux
+logits), ignore index 255; drop_path 0.3; SyncBN in the heads when several GPUs train together.
 
 Learning rate at iteration ``t`` (0-based; the lr the ``t``-th optimiser step uses), as mmcv's
 ``PolyLrUpdaterHook`` with linear warm-up::
@@ -17,15 +17,21 @@ Runs are reproducible: the data order comes from a ``torch.Generator`` seeded wi
 every sample's augmentation from a seed derived from (seed, rank, sample number), and a checkpoint
 holds the model, optimiser, scheduler, GradScaler, iteration and every random state, so a run killed
 at any point and resumed from its last checkpoint ends with the same weights as one never stopped
-(bit-identical with ``--deterministic`` on the same hardware).
+(bit-identical with ``deterministic=True`` on the same hardware).
 
+The library takes built objects::
+
+    seed_everything(config.seed)                 # before building the model: the same weights everywhere
+    Trainer(model, train_set, config, val_set).fit()
+
+``iwin-seg train`` (:mod:`iwin_models.cli.train`) builds the model and data sets from names and paths.
 Several processes: ``torchrun --nproc_per_node=N -m iwin_models.cli train ...`` (DDP; nccl on GPU,
 gloo on CPU).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -41,14 +47,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .ade20k import IGNORE_INDEX
+from .distributed import gather, init_distributed, world
+
 __all__ = [
     "param_groups", "build_optimizer", "lr_factor", "build_scheduler", "InfiniteSampler", "SeededDataset",
-    "save_checkpoint", "load_checkpoint", "train", "add_arguments", "run", "main",
+    "save_checkpoint", "load_checkpoint", "segmentation_loss", "train_step", "seed_everything",
+    "set_determinism", "TrainConfig", "Trainer", "train", "AMP_DTYPES", "CHECKPOINT_FORMAT",
 ]
 
-IGNORE_INDEX = 255
 CHECKPOINT_FORMAT = "iwin-seg-train/1"
-_AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # --- optimiser and schedule -----------------------------------------------------------------------
@@ -282,97 +291,61 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-# --- distributed ----------------------------------------------------------------------------------
 
-def _init_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
-    from .evaluation import init_distributed
+# --- one step -------------------------------------------------------------------------------------
 
-    device, _ = init_distributed(device_arg)
-    if torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
-    return 0, 1, device
-
-
-def _gather(obj, world_size: int) -> list:
-    if world_size == 1:
-        return [obj]
-    out = [None] * world_size
-    torch.distributed.all_gather_object(out, obj)
-    return out
+def segmentation_loss(logits: torch.Tensor, aux_logits: torch.Tensor | None, labels: torch.Tensor,
+                      aux_weight: float = 0.4, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """CE(logits) + ``aux_weight`` CE(aux logits), in float32, pixels labelled ``ignore_index`` left out."""
+    loss = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
+    if aux_weight:
+        loss = loss + aux_weight * F.cross_entropy(aux_logits.float(), labels, ignore_index=ignore_index)
+    return loss
 
 
-# --- model and data -------------------------------------------------------------------------------
-
-def build_model(args, num_classes: int, class_names: Sequence[str] | None):
-    """The segmenter to train: a registered name (official recipe: ImageNet backbone, drop_path), a
-    ``save_pretrained`` folder, or a name with ``--weights`` (a segmenter checkpoint to fine-tune)."""
-    from .segmenter import SEGMENTERS, IwinUPerNet, create_segmenter
-
-    if args.model in SEGMENTERS:
-        if args.weights:
-            encoder_pretrained = False
-        elif args.no_pretrained_backbone:
-            encoder_pretrained = False
-        else:
-            encoder_pretrained = args.pretrained or True
-        model = create_segmenter(args.model, pretrained=False, num_classes=num_classes, weights=args.weights,
-                                 encoder_pretrained=encoder_pretrained, drop_path_rate=args.drop_path)
-    elif Path(args.model).is_dir():
-        model = IwinUPerNet.from_pretrained(args.model)
-        if model.num_classes != num_classes:
-            warnings.warn(f"{args.model} has {model.num_classes} classes and the data {num_classes}: "
-                          f"the classifiers are re-initialised", stacklevel=2)
-            model.reset_classes(num_classes, class_names)
-    else:
-        raise ValueError(f"unknown model {args.model!r}: choose one of {', '.join(SEGMENTERS)} "
-                         f"or a folder written by save_pretrained")
-    if class_names is not None:
-        model.set_class_info(class_names, model.palette if model.palette and len(model.palette) == num_classes
-                             else None)
-    if model.auxiliary_head is None and args.aux_weight:
-        raise ValueError("the model has no auxiliary head; train it with --aux-weight 0")
-    return model
+def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler | None = None, *, aux_weight: float = 0.4,
+               clip_grad: float | None = None, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One optimiser step of a segmenter (``model(images, return_aux=True)``) on a batch already on its
+    device; returns the loss (a tensor: ``.item()`` syncs, so call it only when you log). Step the lr
+    scheduler after it. ``scaler``: a GradScaler for fp16 autocast (``amp_dtype``); ``clip_grad``: max norm."""
+    scaler = scaler if scaler is not None else torch.amp.GradScaler(images.device.type, enabled=False)
+    autocast = (torch.autocast(device_type=images.device.type, dtype=amp_dtype) if amp_dtype is not None
+                else contextlib.nullcontext())
+    with autocast:
+        logits, aux_logits = model(images, return_aux=True)
+    loss = segmentation_loss(logits, aux_logits, labels, aux_weight)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
 
 
-def build_datasets(args):
-    """(training set, validation set or None, class names or None)."""
-    from .data import ADE20KDataset, FolderSegmentationDataset, build_train_transform, read_class_names
+# --- set-up ---------------------------------------------------------------------------------------
 
-    transform = build_train_transform(crop_size=args.crop_size, scale=tuple(args.scale),
-                                      ratio_range=tuple(args.ratio_range))
-    if args.data_root:
-        if args.images or args.labels:
-            raise ValueError("give either --data-root (ADE20K) or --images/--labels (a folder data set), not both")
-        train_set = ADE20KDataset(args.data_root, "training", transform)
-        val_set = ADE20KDataset(args.data_root, "validation", None) if args.val_interval else None
-        return train_set, val_set, None
-    if not (args.images and args.labels):
-        raise ValueError("no training data: give --data-root ADEChallengeData2016 or --images DIR --labels DIR")
-    names = read_class_names(args.class_names) if args.class_names else None
-    if names is None:
-        if not args.num_classes:
-            raise ValueError("a folder data set needs --class-names (file or comma list) or --num-classes")
-        names = [f"class {i}" for i in range(args.num_classes)]
-    kwargs = dict(ignore_index=IGNORE_INDEX, reduce_zero_label=args.reduce_zero_label)
-    train_set = FolderSegmentationDataset(args.images, args.labels, names, transform=transform, **kwargs)
-    val_set = None
-    if args.val_interval and (args.val_images or args.val_labels):
-        if not (args.val_images and args.val_labels):
-            raise ValueError("give both --val-images and --val-labels")
-        val_set = FolderSegmentationDataset(args.val_images, args.val_labels, names, **kwargs)
-    return train_set, val_set, names
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch: call it before building the model, so every process starts alike."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+def set_determinism(deterministic: bool, device: torch.device) -> None:
+    """Deterministic algorithms (bit-identical resumes, slower), or cuDNN's autotuner."""
+    if not deterministic:
+        torch.backends.cudnn.benchmark = True
+        return
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # bilinear upsampling has no deterministic CUDA backward: warn there instead of failing
+    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
-
-def _plain_args(args) -> dict:
-    return {k: v if isinstance(v, (str, int, float, bool, type(None))) else list(v) if isinstance(v, (list, tuple))
-            else str(v) for k, v in vars(args).items() if not k.startswith("_")}
-
-
-# --- the loop -------------------------------------------------------------------------------------
 
 def _log(message: str, log_file: Path | None) -> None:
     from tqdm import tqdm
@@ -384,296 +357,316 @@ def _log(message: str, log_file: Path | None) -> None:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
 
-def _resume_path(args, work_dir: Path) -> Path | None:
-    if not args.resume:
-        return None
-    if args.resume == "auto":
-        latest = work_dir / "latest.pth"
-        return latest if latest.is_file() else None
-    path = Path(args.resume)
-    if path.is_dir():
-        path = path / "latest.pth"
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint to resume from at {path}")
-    return path
+# --- configuration --------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every option of ``iwin-seg train``, with its defaults (the authors' recipe).
+
+    The model and data fields say what :mod:`iwin_models.cli.train` builds; :class:`Trainer`, which
+    is given the built model and data sets, reads the optimisation and run fields.
+    """
+
+    # model (read by the command)
+    model: str = "iwin_tiny_upernet_ade20k"
+    pretrained: str | None = None            # ImageNet checkpoint for the backbone (default: timm's in1k)
+    no_pretrained_backbone: bool = False
+    weights: str | None = None               # segmenter checkpoint to fine-tune
+    num_classes: int = 150
+    drop_path: float = 0.3
+    grad_checkpointing: bool = False
+    # data (read by the command, but crop_size and batch_size)
+    data_root: str | None = None
+    images: str | None = None
+    labels: str | None = None
+    class_names: str | None = None
+    reduce_zero_label: bool = False
+    val_images: str | None = None
+    val_labels: str | None = None
+    crop_size: int = 512
+    scale: tuple[int, int] = (2048, 512)
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    batch_size: int = 2                      # images per process
+    workers: int = 4                         # data loader processes per process
+    # optimisation
+    iters: int = 160000
+    lr: float = 6e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    warmup_iters: int = 1500
+    warmup_ratio: float = 1e-6
+    power: float = 1.0
+    min_lr: float = 0.0
+    aux_weight: float = 0.4
+    clip_grad: float | None = None
+    amp: str = "none"                        # a key of AMP_DTYPES; fp16 uses a GradScaler
+    # run
+    work_dir: str = "work_dirs/iwin_upernet"
+    checkpoint_interval: int = 16000         # latest.pth every N iterations (0: only at the end)
+    keep_checkpoints: int = 0                # also keep the K most recent iter_N.pth
+    resume: str | None = None                # a checkpoint, its folder, or "auto" (work_dir/latest.pth if any)
+    val_interval: int = 16000                # 0: never
+    val_scale: tuple[int, int] = (2048, 512)
+    seed: int = 0
+    deterministic: bool = False
+    device: str | None = None                # default: this process's GPU if any, else the CPU
+    log_interval: int = 50
+    no_progress: bool = False
+
+    def validate(self) -> TrainConfig:
+        """Raise ValueError naming the first bad field; return the config."""
+        for name in ("iters", "batch_size", "crop_size", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        for name in ("workers", "checkpoint_interval", "val_interval", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must not be negative")
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"--amp must be one of {', '.join(sorted(AMP_DTYPES))}, got {self.amp!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        """Plain values (tuples as lists), as a checkpoint stores them."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def resume_path(self) -> Path | None:
+        """The checkpoint ``resume`` names (None: start afresh); FileNotFoundError if a named one is missing."""
+        if not self.resume:
+            return None
+        if self.resume == "auto":
+            latest = Path(self.work_dir) / "latest.pth"
+            return latest if latest.is_file() else None
+        path = Path(self.resume)
+        if path.is_dir():
+            path = path / "latest.pth"
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint to resume from at {path}")
+        return path
 
 
-def train(args) -> dict:
-    """Run the training ``args`` describe (see :func:`add_arguments`); returns final figures."""
-    from tqdm import tqdm
+# --- the trainer ----------------------------------------------------------------------------------
 
-    rank, world_size, device = _init_distributed(args.device)
-    work_dir = Path(args.work_dir)
-    log_file = work_dir / "train.log" if rank == 0 else None
-    if rank == 0:
-        work_dir.mkdir(parents=True, exist_ok=True)
-    if args.deterministic:
-        if device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        # bilinear upsampling has no deterministic CUDA backward: warn there instead of failing
-        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
+class Trainer:
+    """Trains ``model`` (a segmenter: ``model(x, return_aux=True)`` gives logits and aux logits) on
+    ``train_set`` (``(image tensor, label tensor)`` samples; random augmentation is seeded per sample)
+    with ``config``; validates on ``val_set`` (see :func:`iwin_models.evaluation.evaluate`) if given.
 
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)  # the same initial weights in every process
-    train_set, val_set, class_names = build_datasets(args)
-    num_classes = len(class_names) if class_names is not None else args.num_classes
-    model = build_model(args, num_classes, class_names)
-    if args.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    if world_size > 1:
-        if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch 1 is fine: world_size > 1 values
-        elif rank == 0:
-            _log("note: SyncBatchNorm needs GPUs; on CPU each process normalises its own batch", log_file)
-    model.to(device)
-    torch.manual_seed(args.seed + rank)  # dropout / drop-path differ between processes
+    Construction starts torch.distributed under torchrun (:func:`iwin_models.distributed.init_distributed`),
+    sets determinism, moves the model to its device (SyncBN there with several GPUs) and builds the
+    optimiser, scheduler and GradScaler; :meth:`fit` resumes (``config.resume``), wraps the model in DDP
+    with several processes and runs the loop, writing ``work_dir/latest.pth`` and ``work_dir/final``.
+    """
 
-    optimizer = build_optimizer(model, args.lr, args.weight_decay, args.betas)
-    scheduler = build_scheduler(optimizer, args.iters, args.warmup_iters, args.warmup_ratio, args.power,
-                                args.min_lr)
-    amp_dtype = _AMP[args.amp]
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    def __init__(self, model: nn.Module, train_set, config: TrainConfig | None = None, val_set=None):
+        self.config = config = (config or TrainConfig()).validate()
+        if getattr(model, "auxiliary_head", True) is None and config.aux_weight:
+            raise ValueError("the model has no auxiliary head; train it with --aux-weight 0")
+        self.train_set, self.val_set = train_set, val_set
+        self.device, _ = init_distributed(config.device)
+        self.rank, self.world_size = world()
+        self.work_dir = Path(config.work_dir)
+        self.log_file = self.work_dir / "train.log" if self.rank == 0 else None
+        if self.rank == 0:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        set_determinism(config.deterministic, self.device)
+        self.model = self.net = self._prepare_model(model)
+        torch.manual_seed(config.seed + self.rank)  # dropout / drop-path differ between processes
+        self.optimizer, self.scheduler, self.scaler = self._build_optimisation()
+        self.amp_dtype = AMP_DTYPES[config.amp]
+        self.iteration = 0
+        self.sampler: InfiniteSampler | None = None
+        self._resumed_from: Path | None = None
+        self._pending_rng: list | None = None
 
-    start_iter, rng_states = 0, None
-    resume = _resume_path(args, work_dir)
-    if resume is not None:
-        checkpoint = load_checkpoint(resume)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
+    def log(self, message: str) -> None:
+        """Print ``message`` (and append it to work_dir/train.log) on rank 0."""
+        if self.rank == 0:
+            _log(message, self.log_file)
+
+    def _prepare_model(self, model: nn.Module) -> nn.Module:
+        if self.config.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        if self.world_size > 1:
+            if self.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch 1 is fine: world_size > 1 values
+            else:
+                self.log("note: SyncBatchNorm needs GPUs; on CPU each process normalises its own batch")
+        return model.to(self.device)
+
+    def _build_optimisation(self):
+        c = self.config
+        optimizer = build_optimizer(self.model, c.lr, c.weight_decay, c.betas)
+        scheduler = build_scheduler(optimizer, c.iters, c.warmup_iters, c.warmup_ratio, c.power, c.min_lr)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=AMP_DTYPES[c.amp] is torch.float16)
+        return optimizer, scheduler, scaler
+
+    # --- resume and checkpoints
+
+    def resume(self, path: str | os.PathLike) -> None:
+        """Continue from a training checkpoint: model, optimiser, scheduler, scaler and iteration now,
+        the random states when :meth:`fit` starts (nothing between draws from them then)."""
+        checkpoint = load_checkpoint(path)
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
         if checkpoint.get("scaler"):
-            scaler.load_state_dict(checkpoint["scaler"])
-        start_iter = int(checkpoint["iteration"])
-        rng_states = checkpoint.get("rng")
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.iteration = int(checkpoint["iteration"])
+        self._pending_rng = checkpoint.get("rng")
+        self._resumed_from = Path(path)
         saved = checkpoint.get("args", {})
         changed = [k for k in ("iters", "batch_size", "lr", "seed", "crop_size") if k in saved
-                   and saved[k] != getattr(args, k)]
-        if changed and rank == 0:
-            _log(f"warning: resuming with other {', '.join(changed)} than the checkpoint's run "
-                 f"({', '.join(f'{k}={saved[k]}' for k in changed)}); the result will differ from an unbroken run",
-                 log_file)
-        if rank == 0:
-            _log(f"resumed from {resume} at iteration {start_iter}", log_file)
-        del checkpoint
+                   and saved[k] != getattr(self.config, k)]
+        if changed:
+            self.log(f"warning: resuming with other {', '.join(changed)} than the checkpoint's run "
+                     f"({', '.join(f'{k}={saved[k]}' for k in changed)}); the result will differ from an unbroken run")
+        self.log(f"resumed from {path} at iteration {self.iteration}")
 
-    net = model
-    if world_size > 1:
-        # a depthwise kernel (C, 1, 3, 3) has equivalent strides that DDP's buckets report; harmless
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    sampler = InfiniteSampler(len(train_set), args.seed, rank, world_size, start=start_iter * args.batch_size)
-    loader = torch.utils.data.DataLoader(
-        SeededDataset(train_set), batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-        pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=_worker_init,
-        persistent_workers=args.workers > 0,
-        generator=torch.Generator().manual_seed(args.seed))  # the loader must not draw from the global RNG
-    batches = iter(loader)
-
-    if rng_states is not None:  # last: nothing after this draws random numbers before the first step
-        if len(rng_states) == world_size:
-            _set_rng_state(rng_states[rank])
-        elif rank == 0:
-            _log(f"warning: the checkpoint was made by {len(rng_states)} processes, this run has {world_size}: "
-                 f"random states not restored", log_file)
-
-    def checkpoint_now(iteration: int) -> None:
-        states = _gather(_rng_state(), world_size)
-        if rank != 0:
+    def _restore_rng(self) -> None:
+        states, self._pending_rng = self._pending_rng, None
+        if states is None:
             return
-        state = dict(
-            format=CHECKPOINT_FORMAT, iteration=iteration, model=_unwrap(net).state_dict(),
-            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-            rng=states, sampler=sampler.position(iteration * args.batch_size), world_size=world_size,
-            args=_plain_args(args))
-        latest = save_checkpoint(state, work_dir / "latest.pth")
-        if args.keep_checkpoints:
-            _link_or_copy(latest, work_dir / f"iter_{iteration}.pth")
-            kept = sorted(work_dir.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
-            for old in kept[:-args.keep_checkpoints]:
-                old.unlink(missing_ok=True)
-        _log(f"checkpoint: iteration {iteration} -> {latest}", log_file)
+        if len(states) == self.world_size:
+            _set_rng_state(states[self.rank])
+        else:
+            self.log(f"warning: the checkpoint was made by {len(states)} processes, this run has "
+                     f"{self.world_size}: random states not restored")
 
-    def validate(iteration: int) -> dict | None:
-        if val_set is None:
+    def state_dict(self, rng_states: list) -> dict:
+        """The checkpoint of the run as it stands (``rng_states``: every process's, in rank order)."""
+        c = self.config
+        return dict(
+            format=CHECKPOINT_FORMAT, iteration=self.iteration, model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(), rng=rng_states,
+            sampler=self.sampler.position(self.iteration * c.batch_size) if self.sampler else None,
+            world_size=self.world_size, args=c.to_dict())
+
+    def checkpoint(self) -> Path | None:
+        """Write work_dir/latest.pth atomically (and iter_N.pth with ``keep_checkpoints``) on rank 0;
+        every process must call it (their random states are gathered)."""
+        states = gather(_rng_state())
+        if self.rank != 0:
+            return None
+        latest = save_checkpoint(self.state_dict(states), self.work_dir / "latest.pth")
+        keep = self.config.keep_checkpoints
+        if keep:
+            _link_or_copy(latest, self.work_dir / f"iter_{self.iteration}.pth")
+            kept = sorted(self.work_dir.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+            for old in kept[:-keep]:
+                old.unlink(missing_ok=True)
+        self.log(f"checkpoint: iteration {self.iteration} -> {latest}")
+        return latest
+
+    # --- the loop
+
+    def build_loader(self) -> torch.utils.data.DataLoader:
+        """An endless loader of this process's batches, starting where the run stands."""
+        c = self.config
+        self.sampler = InfiniteSampler(len(self.train_set), c.seed, self.rank, self.world_size,
+                                       start=self.iteration * c.batch_size)
+        return torch.utils.data.DataLoader(
+            SeededDataset(self.train_set), batch_size=c.batch_size, sampler=self.sampler, num_workers=c.workers,
+            pin_memory=self.device.type == "cuda", drop_last=True, worker_init_fn=_worker_init,
+            persistent_workers=c.workers > 0,
+            generator=torch.Generator().manual_seed(c.seed))  # the loader must not draw from the global RNG
+
+    def _wrap(self) -> None:
+        if self.world_size > 1 and self.net is self.model:
+            # a depthwise kernel (C, 1, 3, 3) has equivalent strides that DDP's buckets report; harmless
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """One iteration on a batch: the loss (a tensor) and the lr it used."""
+        c = self.config
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        lr = self.optimizer.param_groups[0]["lr"]
+        loss = train_step(self.net, images, labels, self.optimizer, self.scaler, aux_weight=c.aux_weight,
+                          clip_grad=c.clip_grad, amp_dtype=self.amp_dtype)
+        self.scheduler.step()
+        self.iteration += 1
+        return loss, lr
+
+    def validate(self) -> dict | None:
+        """mIoU figures on the validation set (None without one); every process must call it."""
+        if self.val_set is None:
             return None
         from .evaluation import evaluate
 
-        metrics = evaluate(_unwrap(net), val_set, **_eval_kwargs(args))
-        net.train()
-        if rank == 0:
-            _log(f"validation at iteration {iteration}: mIoU {metrics['mIoU']:.4f}", log_file)
+        c = self.config
+        metrics = evaluate(self.model, self.val_set, scale=tuple(c.val_scale), progress=not c.no_progress)
+        self.net.train()
+        self.log(f"validation at iteration {self.iteration}: mIoU {metrics['mIoU']:.4f}")
         return metrics
 
-    autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
-                else contextlib.nullcontext())
-    net.train()
-    it, loss_value, metrics = start_iter, float("nan"), None
-    if rank == 0:
-        _log(f"training {_unwrap(net).name} for {args.iters} iterations from {start_iter}: {len(train_set)} images, "
-             f"{num_classes} classes, {world_size} process(es) x batch {args.batch_size}, device {device}", log_file)
-    bar = tqdm(total=args.iters, initial=start_iter, disable=rank != 0 or args.no_progress, unit="it",
-               dynamic_ncols=True, desc="train")
-    started = time.perf_counter()
-    while it < args.iters:
-        images, labels = next(batches)
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        with autocast:
-            logits, aux_logits = net(images, return_aux=True)
-        loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
-        if args.aux_weight:
-            loss = loss + args.aux_weight * F.cross_entropy(aux_logits.float(), labels, ignore_index=IGNORE_INDEX)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if args.clip_grad:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(net.parameters(), args.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        it += 1
-        bar.update(1)
-        if it % args.log_interval == 0 or it == args.iters:
-            loss_value = loss.item()
-            if not math.isfinite(loss_value) and amp_dtype is not torch.float16:
-                raise FloatingPointError(f"the loss is {loss_value} at iteration {it}; lower --lr or use --amp none")
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}")
-            if rank == 0 and log_file is not None:
-                with open(log_file, "a", encoding="utf-8") as f:
-                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} iter {it}/{args.iters} loss {loss_value:.4f} "
-                            f"lr {lr:.6g}\n")
-        if args.val_interval and (it % args.val_interval == 0 or it == args.iters):
-            metrics = validate(it)
-        if (args.checkpoint_interval and it % args.checkpoint_interval == 0) or it == args.iters:
-            checkpoint_now(it)
-    bar.close()
-    if start_iter == args.iters and resume is not None and rank == 0:
-        _log("the checkpoint had finished already; writing the final model", log_file)
+    def _log_step(self, loss: torch.Tensor, lr: float, bar) -> float:
+        value = loss.item()
+        if not math.isfinite(value) and self.amp_dtype is not torch.float16:
+            raise FloatingPointError(f"the loss is {value} at iteration {self.iteration}; lower --lr or use --amp none")
+        bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.3g}")
+        if self.log_file is not None:  # the file only: a line per step would flood the terminal
+            with open(self.log_file, "a", encoding="utf-8") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} iter {self.iteration}/{self.config.iters} "
+                        f"loss {value:.4f} lr {lr:.6g}\n")
+        return value
 
-    result = dict(iterations=it, loss=loss_value, seconds=time.perf_counter() - started, rank=rank)
-    if metrics is not None:
-        result["mIoU"] = float(metrics["mIoU"])
-    if rank == 0:
-        final = work_dir / "final"
-        _unwrap(net).save_pretrained(final)
-        _log(f"final model -> {final}", log_file)
-    if world_size > 1:
-        torch.distributed.barrier()
-    return result
+    def _log_start(self) -> None:
+        c, name = self.config, getattr(self.model, "name", type(self.model).__name__)
+        classes = getattr(self.model, "num_classes", None) or getattr(self.train_set, "num_classes", None) or "?"
+        self.log(f"training {name} for {c.iters} iterations from {self.iteration}: {len(self.train_set)} images, "
+                 f"{classes} classes, {self.world_size} process(es) x batch {c.batch_size}, device {self.device}")
 
+    def _due(self, interval: int) -> bool:
+        return bool(interval) and (self.iteration % interval == 0 or self.iteration == self.config.iters)
 
-def _eval_kwargs(args) -> dict:
-    return dict(scale=tuple(args.val_scale), progress=not args.no_progress)
+    def fit(self) -> dict:
+        """Resume (``config.resume``), train to ``config.iters``, write the final model; returns
+        ``iterations``, last logged ``loss``, ``seconds``, ``rank`` and ``mIoU`` if validated."""
+        from tqdm import tqdm
 
+        c = self.config
+        path = c.resume_path()
+        if path is not None:
+            self.resume(path)
+        self._wrap()
+        batches = iter(self.build_loader())
+        self._restore_rng()  # last: nothing after this draws random numbers before the first step
+        self.net.train()
+        start, loss_value, metrics = self.iteration, float("nan"), None
+        self._log_start()
+        bar = tqdm(total=c.iters, initial=start, disable=self.rank != 0 or c.no_progress, unit="it",
+                   dynamic_ncols=True, desc="train")
+        began = time.perf_counter()
+        while self.iteration < c.iters:
+            loss, lr = self.step(*next(batches))
+            bar.update(1)
+            if self._due(c.log_interval):
+                loss_value = self._log_step(loss, lr, bar)
+            if self._due(c.val_interval):
+                metrics = self.validate()
+            if self._due(c.checkpoint_interval) or self.iteration == c.iters:
+                self.checkpoint()
+        bar.close()
+        result = dict(iterations=self.iteration, loss=loss_value, seconds=time.perf_counter() - began, rank=self.rank)
+        if metrics is not None:
+            result["mIoU"] = float(metrics["mIoU"])
+        self._finish(finished_already=start == c.iters and self._resumed_from is not None)
+        return result
 
-# --- iwin-seg train -------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .segmenter import SEGMENTERS
-
-    g = parser.add_argument_group("model")
-    g.add_argument("--model", default="iwin_tiny_upernet_ade20k",
-                   help=f"segmenter name ({', '.join(SEGMENTERS)}) or a folder written by save_pretrained "
-                        f"(default: %(default)s)")
-    g.add_argument("--pretrained", metavar="PATH",
-                   help="ImageNet classification checkpoint for the backbone (as the authors' model.pretrained=); "
-                        "default: the variant's official in1k weights via timm")
-    g.add_argument("--no-pretrained-backbone", action="store_true", help="start the backbone from random init")
-    g.add_argument("--weights", metavar="PATH",
-                   help="segmenter checkpoint (official .pth, safetensors) to fine-tune instead of the ImageNet start")
-    g.add_argument("--num-classes", type=int, default=150, help="classes (default: %(default)s; a folder data set "
-                                                                "with --class-names takes their count)")
-    g.add_argument("--drop-path", type=float, default=0.3, help="stochastic depth of a named model (%(default)s)")
-    g.add_argument("--grad-checkpointing", action="store_true",
-                   help="recompute the backbone's and the decoder's activations in the backward pass "
-                        "(half the activation memory, slower steps)")
-
-    g = parser.add_argument_group("data")
-    g.add_argument("--data-root", metavar="DIR", help="ADEChallengeData2016 folder (images/, annotations/)")
-    g.add_argument("--images", metavar="DIR", help="folder data set: images")
-    g.add_argument("--labels", metavar="DIR", help="folder data set: label PNGs (class index per pixel)")
-    g.add_argument("--class-names", metavar="FILE|LIST", help="file with one name a line (or JSON list), or a "
-                                                              "comma-separated list")
-    g.add_argument("--reduce-zero-label", action="store_true", help="folder labels: 0 ignored, k -> k-1")
-    g.add_argument("--val-images", metavar="DIR", help="folder data set: validation images")
-    g.add_argument("--val-labels", metavar="DIR", help="folder data set: validation labels")
-    g.add_argument("--crop-size", type=int, default=512, help="training crop (default: %(default)s)")
-    g.add_argument("--scale", type=int, nargs=2, default=(2048, 512), metavar=("LONG", "SHORT"),
-                   help="training resize scale before the random ratio (default: 2048 512)")
-    g.add_argument("--ratio-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("LOW", "HIGH"),
-                   help="random resize ratio range (default: 0.5 2.0)")
-    g.add_argument("--batch-size", type=int, default=2, help="images per process (default: %(default)s)")
-    g.add_argument("--workers", type=int, default=4, help="data loader processes per process (default: %(default)s)")
-
-    g = parser.add_argument_group("optimisation")
-    g.add_argument("--iters", type=int, default=160000, help="iterations (default: %(default)s)")
-    g.add_argument("--lr", type=float, default=6e-5, help="AdamW learning rate (default: %(default)s)")
-    g.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"))
-    g.add_argument("--weight-decay", type=float, default=0.01, help="(none on norms, biases) (default: %(default)s)")
-    g.add_argument("--warmup-iters", type=int, default=1500, help="linear warm-up iterations (default: %(default)s)")
-    g.add_argument("--warmup-ratio", type=float, default=1e-6, help="warm-up start ratio (default: %(default)s)")
-    g.add_argument("--power", type=float, default=1.0, help="poly decay power (default: %(default)s)")
-    g.add_argument("--min-lr", type=float, default=0.0, help="poly decay end lr (default: %(default)s)")
-    g.add_argument("--aux-weight", type=float, default=0.4, help="auxiliary loss weight (default: %(default)s)")
-    g.add_argument("--clip-grad", type=float, default=None, metavar="NORM", help="clip the gradient norm (off)")
-    g.add_argument("--amp", choices=sorted(_AMP), default="none", help="autocast precision (fp16 uses a GradScaler)")
-
-    g = parser.add_argument_group("run")
-    g.add_argument("--work-dir", default="work_dirs/iwin_upernet", help="checkpoints, log, final model "
-                                                                       "(default: %(default)s)")
-    g.add_argument("--checkpoint-interval", type=int, default=16000, metavar="N",
-                   help="write work-dir/latest.pth every N iterations, and at the end (default: %(default)s)")
-    g.add_argument("--keep-checkpoints", type=int, default=0, metavar="K",
-                   help="also keep the K most recent iter_N.pth (default: %(default)s)")
-    g.add_argument("--resume", nargs="?", const="auto", metavar="PATH|auto",
-                   help="continue from a checkpoint (auto, the default with no value: work-dir/latest.pth if any)")
-    g.add_argument("--val-interval", type=int, default=16000, metavar="N",
-                   help="validate every N iterations and at the end; 0 for never (default: %(default)s)")
-    g.add_argument("--val-scale", type=int, nargs=2, default=(2048, 512), metavar=("LONG", "SHORT"),
-                   help="validation: images fitted into this size, as the test protocol (default: 2048 512)")
-    g.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    g.add_argument("--deterministic", action="store_true",
-                   help="deterministic algorithms (bit-identical resumes; slower)")
-    g.add_argument("--device", help="cpu, cuda, cuda:1 (default: this process's GPU if any)")
-    g.add_argument("--log-interval", type=int, default=50, metavar="N", help="loss/lr log every N iterations")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    def _finish(self, finished_already: bool) -> None:
+        if finished_already:
+            self.log("the checkpoint had finished already; writing the final model")
+        if self.rank == 0:
+            final = self.work_dir / "final"
+            self.model.save_pretrained(final)
+            self.log(f"final model -> {final}")
+        if self.world_size > 1:
+            torch.distributed.barrier()
 
 
-def run(args) -> int:
-    for name in ("iters", "batch_size", "crop_size", "log_interval"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive")
-    for name in ("workers", "checkpoint_interval", "val_interval", "keep_checkpoints"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must not be negative")
-    try:
-        result = train(args)
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    if result["rank"] == 0:
-        summary = f"done: {result['iterations']} iterations"
-        if math.isfinite(result["loss"]):
-            summary += f", last loss {result['loss']:.4f}"
-        if "mIoU" in result:
-            summary += f", mIoU {result['mIoU']:.4f}"
-        print(summary)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``iwin-seg train`` with ``argv`` (default: the command line)."""
-    from .cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def train(model: nn.Module, train_set, config: TrainConfig | None = None, val_set=None) -> dict:
+    """``Trainer(model, train_set, config, val_set).fit()``."""
+    return Trainer(model, train_set, config, val_set).fit()

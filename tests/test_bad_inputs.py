@@ -28,7 +28,8 @@ from conftest import MINI, REPO
 from PIL import Image
 
 from iwin_models import CheckpointError
-from iwin_models.checkpoint import convert_mmseg_upernet, read_checkpoint, unwrap_state_dict
+from iwin_models.checkpoint import read_checkpoint, unwrap_state_dict
+from iwin_models.convert import convert_mmseg_upernet
 from iwin_models.inference import load_image, predict_probs, segment
 from iwin_models.iwin import checkpoint_filter_fn
 from iwin_models.segmenter import IwinUPerNet, load_segmenter_weights

@@ -398,3 +398,42 @@ def test_train_transform_rejects_bad_input():
         t(image, label[:10])
     with pytest.raises(ValueError, match="cat_max_ratio"):
         build_train_transform(cat_max_ratio=0)
+
+
+def _colorsys_saturation_hue(img: torch.Tensor, saturation, hue) -> torch.Tensor:
+    """mmcv's steps pixel by pixel in float64 (Python's colorsys): S times the factor, clipped to 1;
+    H plus hue/180 turns; unrounded, 0-255."""
+    import colorsys
+
+    out = []
+    for r, g, b in img.permute(1, 2, 0).reshape(-1, 3).double().numpy() / 255:
+        h, s, v = colorsys.rgb_to_hsv(r, g, b)
+        if saturation is not None:
+            s = min(s * saturation, 1.0)
+        if hue is not None:
+            h = (h + hue / 180) % 1
+        out.append(colorsys.hsv_to_rgb(h, s, v))
+    return torch.tensor(np.array(out) * 255).reshape(*img.shape[1:], 3).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("saturation, hue", [(0.5, None), (1.5, None), (3.0, None), (0.0, None), (None, 17),
+                                             (None, -18), (1.3, -5), (0.7, 11)])
+def test_photometric_saturation_and_hue_are_mmcvs_hsv_steps(saturation, hue):
+    from iwin_models.data import _saturation_and_hue
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.randint(0, 256, (3, 48, 40), generator=g).float()
+    img[:, :3] = img[:1, :3]  # grey pixels (no hue; saturation leaves them alone)
+    img[:, 3, :8] = torch.tensor([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255],
+                                  [255, 0, 255], [255, 255, 255], [0, 0, 0]], dtype=torch.float).T
+    got = _saturation_and_hue(img.clone(), saturation, hue)
+    ref = _colorsys_saturation_hue(img, saturation, hue)
+    assert got.dtype == torch.float32 and torch.equal(got, got.round()) and 0 <= got.min() and got.max() <= 255
+    # float32 vs float64: the unrounded values agree to ~2e-4 (of 255); rounding may then differ only
+    # where the exact value is a tie x.5 (e.g. saturation 0.5 halves the distance to the maximum)
+    tie = ((ref - ref.floor()) - 0.5).abs() < 1e-3
+    differ = got.double() != ref.round()
+    assert not (differ & ~tie).any(), (got.double() - ref)[differ & ~tie][:5]
+    assert ((got.double() - ref).abs() <= 0.5 + 1e-3).all()
+    if saturation is not None and hue is None:
+        assert torch.equal(got[:, :3], img[:, :3])  # grey stays grey

@@ -2,6 +2,9 @@
 
 All on the golden mini UPerNet (embed 32, decoder 64) at the golden odd input size 97x131, which makes
 every block pad its map; with no fixtures the same architecture with seeded random weights is used.
+The dynamic exports (``dynamic=True``) are traced once at that size and then must serve every size
+of DYNAMIC_SIZES with the same graph: ADE20K's 512x512 test crop, two odd sizes of the kind the
+ADE20K protocol (short side 512, long side <= 2048) produces, and a batch of two at the odd size.
 """
 from __future__ import annotations
 
@@ -9,13 +12,17 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import MINI, _fixtures_dir
+from conftest import MINI, REPO, _fixtures_dir
 
 from iwin_models.cli import main as cli_main
-from iwin_models.export import export_program
+from iwin_models.export import export_onnx, export_program
 from iwin_models.segmenter import IwinUPerNet, load_segmenter_weights
 
 H, W = 97, 131
+DYNAMIC_SIZES = [(1, 512, 512), (1, 500, 683), (1, 333, 1024), (2, H, W)]  # (batch, height, width)
+# Until the iwin.py rewrite lands, tracing the model pins sizes (guards such as 57 <= H <= 112 from a
+# size-1 window-grid axis in deinterleave_windows): no dynamic export, and torch.compile recompiles.
+LEAD_FIX = pytest.mark.xfail(strict=True, reason="#12: fixed by the iwin.py rewrite")
 
 
 def _mini() -> IwinUPerNet:
@@ -103,3 +110,115 @@ def test_torch_compile_equals_eager(mini, image):
         expected = mini(image)
         got = compiled(image)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+# --- one graph for every size (dynamic=True) ---------------------------------------------------
+
+def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |got - expected| / max |expected|: the logits' scale is the model's, not 1."""
+    return ((got.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
+
+
+def _input(batch: int, height: int, width: int) -> torch.Tensor:
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(height * width + batch))
+
+
+@pytest.fixture(scope="module")
+def dynamic_onnx(mini, tmp_path_factory):
+    pytest.importorskip("onnxscript", reason="ONNX export needs the onnx extra (onnx, onnxscript)")
+    path = tmp_path_factory.mktemp("dynamic") / "mini_dynamic.onnx"
+    return export_onnx(mini, path, H, W, dynamic=True)
+
+
+@pytest.fixture(scope="module")
+def dynamic_session(dynamic_onnx):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'iwin-models[onnx]')")
+    return ort.InferenceSession(str(dynamic_onnx), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def dynamic_program(mini):
+    return export_program(mini, H, W, dynamic=True)
+
+
+@LEAD_FIX
+def test_dynamic_onnx_has_free_batch_height_width(dynamic_onnx):
+    import onnx
+
+    graph = onnx.load(str(dynamic_onnx)).graph
+    (image,), (logits,) = graph.input, graph.output
+    dims = [[d.dim_param or d.dim_value for d in t.type.tensor_type.shape.dim] for t in (image, logits)]
+    assert (image.name, logits.name) == ("image", "logits")
+    assert dims == [["batch", 3, "height", "width"], ["batch", 150, "height", "width"]]
+
+
+@LEAD_FIX
+@pytest.mark.parametrize("batch, height, width", DYNAMIC_SIZES, ids=[f"{b}x{h}x{w}" for b, h, w in DYNAMIC_SIZES])
+def test_dynamic_onnx_equals_pytorch(dynamic_session, mini, batch, height, width):
+    x = _input(batch, height, width)
+    (got,) = dynamic_session.run(["logits"], {"image": x.numpy()})
+    with torch.no_grad():
+        expected = mini(x)
+    assert got.shape == (batch, 150, height, width)
+    assert _relative_error(torch.from_numpy(got), expected) <= 1e-4
+
+
+@LEAD_FIX
+@pytest.mark.parametrize("batch, height, width", DYNAMIC_SIZES, ids=[f"{b}x{h}x{w}" for b, h, w in DYNAMIC_SIZES])
+def test_dynamic_program_equals_eager(dynamic_program, mini, batch, height, width):
+    x = _input(batch, height, width)
+    with torch.no_grad():
+        got = dynamic_program.module()(x)
+        expected = mini(x)
+    assert got.shape == (batch, 150, height, width)
+    assert _relative_error(got, expected) <= 1e-4
+
+
+@LEAD_FIX
+def test_torch_compile_dynamic_three_sizes_one_compilation(mini):
+    """Three sizes, one compilation: dynamo hands the backend a graph only when it (re)compiles.
+
+    The counting backend runs the captured graph as is: recompiles are decided by dynamo's guards,
+    before any backend, and inductor's code generation would add minutes on CPU.
+    """
+    graphs = []
+
+    def counting_backend(gm: torch.fx.GraphModule, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch.compiler.reset()
+    compiled = torch.compile(mini, dynamic=True, backend=counting_backend)
+    counts = []
+    for height, width in [(H, W), (128, 96), (75, 150)]:  # batch 1: dynamo specialises sizes 0 and 1
+        x = _input(1, height, width)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), mini(x), atol=1e-5, rtol=1e-5)
+        counts.append(len(graphs))
+    assert counts == [1, 1, 1], f"graphs compiled after each size: {counts} (more than 1: a graph break or recompile)"
+
+
+@LEAD_FIX
+def test_onnx_example_gives_the_labels_of_segment(dynamic_onnx, mini, tmp_path):
+    """examples/onnx_inference.py (onnxruntime, numpy, PIL: run with torch made unimportable) on the
+    sample image labels >= 99.9% of its pixels as ``segment()`` does."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'iwin-models[onnx]')")
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from iwin_models.inference import SAMPLE_IMAGE, segment
+
+    example, out = REPO / "examples" / "onnx_inference.py", tmp_path / "labels.png"
+    no_torch = ("import runpy, sys; sys.modules['torch'] = None; "  # any `import torch` raises ImportError
+                f"sys.argv = [{str(example)!r}, {str(dynamic_onnx)!r}, {str(SAMPLE_IMAGE)!r}, '--out', {str(out)!r}]; "
+                f"runpy.run_path({str(example)!r}, run_name='__main__')")
+    run = subprocess.run([sys.executable, "-c", no_torch], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    got = np.asarray(Image.open(out))
+    expected = segment(mini, SAMPLE_IMAGE)
+    assert got.shape == expected.shape == (427, 640)
+    agreement = (got == expected).mean()
+    assert agreement >= 0.999, f"labels agree on {agreement:.4%} of the pixels"

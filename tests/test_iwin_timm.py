@@ -6,6 +6,8 @@ forward pass uses the golden mini configuration (``MINI``) or a tiny input.
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import math
 import os
@@ -170,20 +172,19 @@ def golden_features(golden):
     return mini_features(golden)
 
 
-@pytest.mark.parametrize("path", ["default", "torch F.linear", "small chunks", "autograd"])
+@pytest.mark.parametrize("path", ["fast", "plain", "torch F.linear", "small chunks", "autograd"])
 @pytest.mark.parametrize("case", ["odd", "square"])
 def test_features_only_parity(golden_features, golden, case, path, monkeypatch):
-    """Every way through the blocks gives the official features: our oneDNN linears and torch's
-    ``F.linear``; inference in chunks of a few tokens or windows (hundreds per block here) and the
-    autograd path, which never chunks."""
-    import iwin_models.iwin as iwin
+    """Every way through the blocks gives the official features: the CPU fast twins (oneDNN linears, or
+    torch's ``F.linear``; inference in chunks of a few tokens or windows, hundreds per block here), the
+    autograd path (never chunked) and the model file's plain definitional path."""
+    from iwin_models.layers import fast_paths, iwin_cpu
 
-    if path == "torch F.linear":
-        monkeypatch.setattr(iwin, "_ONEDNN_LINEARS", False)
     if path == "small chunks":
-        monkeypatch.setattr(iwin, "_CHUNK_BYTES", 4096)
+        monkeypatch.setattr(iwin_cpu, "_CHUNK_BYTES", 4096)
+    switches = {"plain": fast_paths(False), "torch F.linear": fast_paths(False, "onednn_linear")}
     exp = golden["upernet"]
-    with torch.set_grad_enabled(path == "autograd"):
+    with torch.set_grad_enabled(path == "autograd"), switches.get(path, contextlib.nullcontext()):
         feats = golden_features(exp[f"x_{case}"].requires_grad_(path == "autograd"))
     assert isinstance(feats, list) and len(feats) == 4
     errs = [max_err(f.detach(), exp[f"features_{case}_{i}"]) for i, f in enumerate(feats)]
@@ -394,6 +395,27 @@ def test_missing_file_without_network_fails_fast(monkeypatch):
     assert calls == [RELEASE + "iwin_tiny_patch4_window7_224.pth"]
     assert cached in str(e.value)
     assert "pretrained_cfg_overlay" in str(e.value)  # says how to pass a local file
+
+
+@pytest.mark.parametrize("name, file", [
+    ("iwin_base.in1k", "iwin_base_patch4_window7_224.pth"),
+    ("iwin_base", "iwin_base_patch4_window7_224_22kto1k.pth"),  # the default tag
+    ("iwin_large.in22k", "iwin_large_patch4_window7_224_22k.pth"),
+])
+def test_missing_weights_message_names_the_tags_file(monkeypatch, name, file):
+    """#12: the message names the file of the tag asked for, not of the architecture's default tag."""
+    calls = []
+
+    def no_network(url, *args, **kwargs):
+        calls.append(url)
+        raise urllib.error.URLError("no network in this test")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with torch.device("meta"), pytest.raises(CheckpointError) as e:
+        timm.create_model(name, pretrained=True)
+    assert calls == [RELEASE + file]
+    assert f"pretrained weights for {name.split('.')[0]}." in str(e.value)
+    assert os.path.join(torch.hub.get_dir(), "checkpoints", file) in str(e.value)
 
 
 def test_missing_overlay_file_names_it(tmp_path):
@@ -616,144 +638,55 @@ def test_img_size_override_keeps_the_weights():
     assert _shapes("iwin_tiny", img_size=384) == _shapes("iwin_tiny")
 
 
-def test_gelu_is_exact_and_in_place_only_without_autograd():
-    from iwin_models.iwin import GELU
-
-    x = torch.randn(4, 7, dtype=torch.float64)
-    expected = torch.nn.functional.gelu(x)
-    leaf = x.clone().requires_grad_()
-    out = GELU()(leaf)
-    assert torch.equal(out, expected) and out.data_ptr() != leaf.data_ptr()
-    out.sum().backward()
-    assert leaf.grad is not None
-    with torch.no_grad():
-        y = x.clone()
-        out = GELU()(y)
-    assert torch.equal(out, expected) and out.data_ptr() == y.data_ptr()  # no second buffer
-    with torch.no_grad():
-        assert torch.equal(GELU(approximate="tanh")(x), torch.nn.functional.gelu(x, approximate="tanh"))
-
-
-# --- 8. CPU kernels: oneDNN linears, inference in chunks ------------------------------------------
-
-def _cpu_kernels(fn) -> set[str]:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    return {event.key for event in prof.key_averages()}
-
-
-def _largest(t: torch.Tensor) -> float:
-    return t.abs().max().item() if t.numel() else 0.
-
-
-@pytest.mark.parametrize("shape", [(512, 64), (2, 3, 100, 64), "transposed", (0, 64), (3, 64)])
-@pytest.mark.parametrize("bias", [True, False])
-def test_linear_equals_torch_linear_with_gradients(shape, bias):
-    """Large enough for oneDNN (>= 4M multiply-adds), except the empty and the 3-row input."""
-    from iwin_models.iwin import linear
-
-    torch.manual_seed(0)
-    x = torch.randn(64, 512).t() if shape == "transposed" else torch.randn(shape)  # also a non-contiguous input
-    x.requires_grad_()
-    w = torch.randn(128, 64, requires_grad=True)
-    b = torch.randn(128, requires_grad=True) if bias else None
-    out = linear(x, w, b)
-    expected = F.linear(x.double(), w.double(), b.double() if bias else None)
-    assert out.shape == expected.shape and out.dtype == torch.float32 and out.is_contiguous()
-    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6 * _largest(expected))
-    seed = torch.randn(out.shape, dtype=torch.float64)
-    (out.double() * seed).sum().backward()
-    params = [x, w] + ([b] if bias else [])
-    got = [p.grad.double() for p in params]
-    expected_grads = torch.autograd.grad((expected * seed).sum(), params)
-    for g, e in zip(got, expected_grads):  # round-off of sums over up to 600 products
-        torch.testing.assert_close(g, e.double(), rtol=1e-5, atol=1e-6 * _largest(e))
-
-
-def test_linear_takes_onednn_only_for_float32_cpu_outside_autocast(monkeypatch):
-    from iwin_models.iwin import linear, use_onednn_linears
-
-    x, w, b = torch.randn(512, 64), torch.randn(128, 64), torch.randn(128)
-    kernels = _cpu_kernels(lambda: linear(x, w, b))
-    assert "aten::mkldnn_convolution" in kernels and "aten::addmm" not in kernels
-
-    def assert_torch_linear(fn, expected):
-        got = fn()
-        assert torch.equal(got, expected), "not torch's F.linear"
-        assert "aten::mkldnn_convolution" not in _cpu_kernels(fn)
-
-    assert_torch_linear(lambda: linear(x.double(), w.double(), b.double()), F.linear(x.double(), w.double(), b.double()))
-    assert_torch_linear(lambda: linear(x[:8], w, b), F.linear(x[:8], w, b))  # too small to pay
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert_torch_linear(lambda: linear(x, w, b), F.linear(x, w, b))
-    with monkeypatch.context() as patch:
-        patch.setattr(torch.backends.mkldnn, "enabled", False)
-        assert_torch_linear(lambda: linear(x, w, b), F.linear(x, w, b))
-    previous = use_onednn_linears(False)
-    try:
-        assert previous is True
-        assert_torch_linear(lambda: linear(x, w, b), F.linear(x, w, b))
-    finally:
-        use_onednn_linears(previous)
-
-
-def test_linear_rejects_a_wrong_width_like_torch():
-    """A map whose width does not match the layer must fail, even where its size would reshape."""
-    from iwin_models.iwin import linear
-
-    x, w = torch.randn(1, 64, 64, 96), torch.randn(256, 64)  # 64*64*96 rows of 64 would fit
-    with pytest.raises(RuntimeError, match="cannot be multiplied"):
-        linear(x, w)
-    torch.testing.assert_close(linear(x[..., :64], w.t().contiguous().t()), F.linear(x[..., :64], w))
-
-
-def test_flop_counter_sees_the_onednn_linears(monkeypatch):
-    """torch.utils.flop_counter counts the same work whichever kernel runs the linear layers."""
-    import iwin_models.iwin as iwin
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = timm.create_model("iwin_tiny", **MINI).eval()
-    x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        assert "aten::mkldnn_convolution" in _cpu_kernels(lambda: model.layers[0](model.patch_embed(x)))
-    counts = {}
-    for onednn in (True, False):
-        monkeypatch.setattr(iwin, "_ONEDNN_LINEARS", onednn)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-        counts[onednn] = counter.get_total_flops()
-    assert counts[True] == counts[False] > 0
-
-
-def test_iwin_linears_are_plain_linear_parameters():
-    """The oneDNN route changes no parameter: timm's Mlp and nn.Linear keys and shapes."""
-    from iwin_models.iwin import Linear
-
+def test_block_layers_are_timm_and_torch_layers():
+    """The fast paths change no parameter: timm's Mlp and nn.Linear keys and shapes."""
     block = timm.create_model("iwin_tiny", **MINI).layers[0].blocks[0]
-    assert all(isinstance(m, Linear) for m in (block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2))
-    assert isinstance(block.mlp, timm.layers.Mlp)
+    assert all(type(m) is torch.nn.Linear for m in (block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2))
+    assert type(block.mlp) is timm.layers.Mlp and type(block.mlp.act) is torch.nn.GELU
     assert {k: tuple(v.shape) for k, v in block.mlp.state_dict().items()} == {
         "fc1.weight": (128, 32), "fc1.bias": (128,), "fc2.weight": (32, 128), "fc2.bias": (32,)}
 
 
-@pytest.mark.parametrize("autocast", [False, True])
-def test_block_inference_in_chunks_leaves_the_input_alone(monkeypatch, autocast):
-    """Inference adds the MLP branch into the block's fresh attention sum, chunk by chunk, and attends
-    a few windows at a time: the block's input is never written, and the result is the autograd path's."""
-    import iwin_models.iwin as iwin
+# --- 9. what peer tools expect (#12; timm's own tests/test_models.py runs in .ci/timm_suite.sh) --------
 
-    monkeypatch.setattr(iwin, "_CHUNK_BYTES", 2048)  # 4 tokens per MLP chunk, 1 window per attention chunk
+def test_output_fmt_is_nhwc_like_timms_swin():
+    model = timm.create_model("iwin_tiny", **MINI).eval()
+    assert model.output_fmt == "NHWC"
+    with torch.no_grad():
+        assert model.forward_features(torch.randn(1, 3, 64, 96)).shape == (1, 2, 3, 256)
+
+
+def test_reset_classifier_keeps_the_models_dtype():
+    model = timm.create_model("iwin_tiny", **MINI).double()
+    model.reset_classifier(0)
+    model.reset_classifier(5)
+    assert model.get_classifier().weight.dtype == torch.float64
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64, dtype=torch.float64)).shape == (1, 5)
+
+
+def test_torchscript_of_the_classifier_and_the_features():
+    x = torch.randn(2, 3, 61, 75)
+    for kwargs in (dict(), dict(features_only=True)):
+        model = timm.create_model("iwin_tiny", **MINI, **kwargs).eval()
+        scripted = torch.jit.script(model)
+        with torch.no_grad():
+            expected, got = model(x), scripted(x)
+        for e, g in zip(expected if isinstance(expected, list) else [expected],
+                        got if isinstance(got, list) else [got], strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_fx_feature_extraction():
+    """timm's FX route (``feature_cls='fx'``) returns the stage outputs (NHWC, before the stage norms)."""
     torch.manual_seed(0)
-    block = iwin.IwinBlock(32, 2, window_size=7).eval()
-    x = torch.randn(2, 20, 23, 32)
-    before = x.clone()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        chunked = block(x)
-    assert torch.equal(x, before)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        whole = block(x.clone().requires_grad_())
-    assert chunked.dtype == whole.dtype == torch.float32
-    tol = 2e-2 if autocast else 1e-5
-    torch.testing.assert_close(chunked, whole.detach(), rtol=tol, atol=tol)
+    fx = timm.create_model("iwin_tiny", **MINI, features_only=True, feature_cls="fx").eval()
+    torch.manual_seed(0)
+    model = timm.create_model("iwin_tiny", **MINI).eval()  # the same initial weights
+    x = torch.randn(1, 3, 97, 131)
+    with torch.no_grad():
+        feats = fx(x)
+        expected = model.forward_intermediates(x, output_fmt="NHWC", intermediates_only=True)
+    assert [tuple(f.shape) for f in feats] == [(1, 25, 33, 32), (1, 13, 17, 64), (1, 7, 9, 128), (1, 4, 5, 256)]
+    for f, e in zip(feats, expected, strict=True):
+        torch.testing.assert_close(f, e, rtol=1e-5, atol=1e-5)

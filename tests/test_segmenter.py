@@ -23,7 +23,15 @@ from PIL import Image
 from iwin_models import CheckpointError, ade20k
 from iwin_models.cli import main as cli
 from iwin_models.inference import load_image, predict_probs, segment
-from iwin_models.segmenter import SEGMENTERS, IwinUPerNet, create_segmenter, load_segmenter_weights
+from iwin_models.segmenter import (
+    ADE20K_PROTOCOL,
+    SEGMENTERS,
+    IwinUPerNet,
+    create_segmenter,
+    load_segmenter_weights,
+    model_card_kwargs,
+    segmenter_table,
+)
 
 TOL = {"logits": 5e-5, "aux": 5e-5, "window12": 1e-4}
 
@@ -99,15 +107,14 @@ def test_meta_names_and_palette_kept(golden):
 
 # --- official full-size checkpoints (key manifests) ----------------------------------------------
 
-@pytest.mark.parametrize("name, params", [
-    ("iwin_tiny_upernet_ade20k", 61.9), ("iwin_small_upernet_ade20k", 83.2), ("iwin_base_upernet_ade20k", 124.8)])
-def test_manifests_load_strictly(fixtures_dir, name, params):
+@pytest.mark.parametrize("name", list(SEGMENTERS))
+def test_manifests_load_strictly(fixtures_dir, name):
     variant = name.split("_")[1]
     manifest = fixtures_dir / "keys" / f"iwin_{variant}_upernet_ade20k.json"
     model = create_segmenter(name, pretrained=False)
     n = sum(p.numel() for p in model.parameters())
     print(f"\n{name}: {n / 1e6:.1f}M parameters")
-    assert round(n / 1e6, 1) == params
+    assert round(n / 1e6, 1) == SEGMENTERS[name].params_m
     assert n == json.loads(manifest.read_text())["num_params"]
     ckpt = official_upernet_checkpoint(manifest)
     load_segmenter_weights(model, ckpt)
@@ -117,11 +124,122 @@ def test_manifests_load_strictly(fixtures_dir, name, params):
                        ckpt["state_dict"]["decode_head.lateral_convs.0.conv.weight"])
 
 
-def test_small_segmenter_uses_ade20k_heads():
+# --- the registry: what is said about each released segmenter ------------------------------------
+
+_RELEASE = "https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/"
+# ../shared/spec/iwin-reference.md: release files, ADE20K heads, published params / FLOPs / mIoU
+PUBLISHED = {
+    "iwin_tiny_upernet_ade20k": ("iwin_tiny_patch4_window7_512_ade20k_1k.pth", (3, 6, 12, 24), 61.9, 946, 44.70),
+    "iwin_small_upernet_ade20k": ("iwin_small_patch4_window7_512_ade20k_1k.pth", (3, 6, 12, 24), 83.2, 1038, 47.50),
+    "iwin_base_upernet_ade20k": ("iwin_base_patch4_window7_512_ade20k_1k.pth", (4, 8, 16, 32), 124.8, 1189, 48.90),
+}
+
+
+def test_registry_holds_the_release_and_the_published_figures():
+    import iwin_models.segmenter as segmenter
+
+    source = Path(segmenter.__file__).read_text()
+    assert list(SEGMENTERS) == list(PUBLISHED)
+    for name, (file, heads, params, flops, miou) in PUBLISHED.items():
+        weights = SEGMENTERS[name]
+        assert weights.name == name and weights.url == _RELEASE + file
+        assert f'url="{weights.url}"' in source  # written out literally, as timm's cfgs are
+        assert (weights.heads, weights.params_m, weights.flops_g, weights.miou) == (heads, params, flops, miou)
+        assert weights.flops_input == (3, 512, 2048)
+        assert weights.class_names == ade20k.CLASSES and weights.palette == ade20k.PALETTE
+        assert weights.terms.summary == "MIT for research use; commercial use by agreement with the authors"
+        assert weights.terms.hub_license == "other"  # not plain MIT
+
+
+@pytest.mark.parametrize("name", list(SEGMENTERS))
+def test_registry_builds_the_published_models(name):
+    """Heads and parameter count of the model built from each entry (on the meta device: no memory)."""
     with torch.device("meta"):
-        model = create_segmenter("iwin_small_upernet_ade20k", pretrained=False)
-    heads = [stage.blocks[0].attn.num_heads for stage in model.backbone.layers]
-    assert heads == [3, 6, 12, 24]  # the ImageNet Iwin-S uses 3, 4, 8, 16
+        model = create_segmenter(name, pretrained=False)
+    heads = tuple(stage.blocks[0].attn.num_heads for stage in model.backbone.layers)
+    assert heads == SEGMENTERS[name].heads  # the ADE20K Iwin-S uses 3,6,12,24, the ImageNet one 3,4,8,16
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == SEGMENTERS[name].params_m
+    assert model.class_names == list(ade20k.CLASSES)
+
+
+def test_registry_protocol_is_the_one_inference_runs():
+    from iwin_models import inference
+
+    assert ADE20K_PROTOCOL.scale == inference.TEST_SCALE
+    assert ADE20K_PROTOCOL.aug_ratios == inference.AUG_RATIOS
+    assert (ADE20K_PROTOCOL.slide_crop, ADE20K_PROTOCOL.slide_stride) == (inference.SLIDE_CROP, inference.SLIDE_STRIDE)
+    assert (ADE20K_PROTOCOL.mean, ADE20K_PROTOCOL.std) == (ade20k.MEAN, ade20k.STD)
+
+
+def test_docstrings_and_hub_help_are_written_from_the_registry(monkeypatch):
+    import iwin_models.segmenter as segmenter
+
+    # torch.hub.help takes GitHub repositories only: hand it this checkout instead of a download
+    monkeypatch.setattr(torch.hub, "_get_cache_or_reload", lambda *args, **kwargs: str(REPO))
+    for name, weights in SEGMENTERS.items():
+        doc = weights.docstring()
+        assert getattr(segmenter, name).__doc__ == doc
+        assert torch.hub.help("owner/iwin", name) == doc
+        for figure in (f"{weights.miou:.2f} mIoU", f"{weights.params_m}M params", f"{weights.flops_g}G FLOPs",
+                       f"heads {','.join(map(str, weights.heads))}", weights.url, weights.terms.summary):
+            assert figure in doc, (name, figure)
+
+
+def test_readme_table_is_the_registry_table():
+    table = segmenter_table()
+    assert table in (REPO / "README.md").read_text(), "README.md: paste segmenter_table() over the old table"
+    for weights in SEGMENTERS.values():
+        assert weights.table_row() in table
+    assert SEGMENTERS["iwin_tiny_upernet_ade20k"].terms.summary in table
+
+
+def test_model_card_is_written_from_the_registry(mini, tmp_path):
+    from huggingface_hub import ModelCard
+
+    weights = SEGMENTERS["iwin_small_upernet_ade20k"]
+    mini.save_pretrained(tmp_path / "m", model_card_kwargs=model_card_kwargs(weights.name))
+    card = ModelCard.load(tmp_path / "m" / "README.md")
+    assert (card.data.license, card.data.license_link) == ("other", weights.terms.url)
+    assert weights.card_section() in card.text
+    for figure in ("47.5", "83.2", "1038", weights.url, weights.terms.summary, "3,6,12,24", weights.dataset):
+        assert figure in card.text, figure
+    # a model saved without naming registered weights makes no claim about them
+    mini.save_pretrained(tmp_path / "plain")
+    assert weights.terms.summary not in (tmp_path / "plain" / "README.md").read_text()
+    with pytest.raises(ValueError, match="unknown segmenter"):
+        model_card_kwargs("iwin_huge_upernet_ade20k")
+
+
+def test_key_maps_and_checkpoint_reading_import_no_model_module():
+    """checkpoint.py reads files, convert.py maps names; neither imports a model module, so the
+    model modules can import both without a cycle (static or at run time: function-level imports count)."""
+    import ast
+
+    import iwin_models.checkpoint as checkpoint
+    import iwin_models.convert as convert
+
+    def imports(module) -> set[str]:
+        tree = ast.parse(Path(module.__file__).read_text())
+        return ({"." * n.level + (n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+                | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names})
+
+    ours = lambda names: {n for n in names if n.startswith((".", "iwin_models"))}
+    assert ours(imports(checkpoint)) == set()
+    assert ours(imports(convert)) == {".checkpoint"}
+
+
+def test_official_backbone_names_are_ours(fixtures_dir):
+    """ImageNet and mmseg-backbone layouts map onto exactly the timm model's names."""
+    from iwin_models.convert import convert_official_backbone
+
+    with torch.device("meta"):
+        classifier = timm.create_model("iwin_tiny").state_dict()
+        features = create_segmenter("iwin_tiny_upernet_ade20k", pretrained=False).backbone.state_dict()
+    imagenet = random_state_dict_from_manifest(fixtures_dir / "keys" / "iwin_tiny_224.json")
+    mmseg = random_state_dict_from_manifest(fixtures_dir / "keys" / "iwin_tiny_upernet_ade20k.json")
+    assert set(convert_official_backbone(imagenet)) == set(classifier)
+    assert set(convert_official_backbone(mmseg)) == {k for k in features if not k.startswith(("norm.", "head."))}
+    assert convert_official_backbone(classifier).keys() == classifier.keys()  # ours pass through
 
 
 def test_wrong_variant_checkpoint_is_rejected(fixtures_dir):
@@ -249,7 +367,7 @@ def _fill_cache(fixtures_dir, name="iwin_tiny_upernet_ade20k") -> dict:
     ckpt = official_upernet_checkpoint(fixtures_dir / "keys" / f"iwin_{name.split('_')[1]}_upernet_ade20k.json")
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     cache.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, cache / os.path.basename(SEGMENTERS[name]["url"]))
+    torch.save(ckpt, cache / os.path.basename(SEGMENTERS[name].url))
     return ckpt
 
 
@@ -310,7 +428,8 @@ def test_convert_official_to_hub_folder_and_load_offline(fixtures_dir, tmp_path,
     assert cli(["convert", str(tmp_path / "official.pth"), "--model", "iwin_tiny_upernet_ade20k",
                 "--out", str(tmp_path / "hub")]) == 0
     card = (tmp_path / "hub" / "README.md").read_text()
-    assert "IwinUPerNet" in card
+    weights = SEGMENTERS["iwin_tiny_upernet_ade20k"]
+    assert "IwinUPerNet" in card and weights.card_section() in card and weights.terms.summary in card
     direct = load_segmenter_weights(create_segmenter("iwin_tiny_upernet_ade20k", pretrained=False), ckpt)
     local = IwinUPerNet.from_pretrained(tmp_path / "hub")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
@@ -416,12 +535,11 @@ def test_cli_errors_exit_2_without_traceback(tmp_path):
 
 @pytest.mark.slow
 def test_flops_match_the_published_figures(capsys):
-    for name, expected in [("iwin_tiny_upernet_ade20k", "946G"), ("iwin_small_upernet_ade20k", "1038G"),
-                           ("iwin_base_upernet_ade20k", "1189G")]:
-        assert cli(["flops", "--model", name, "--shape", "3", "512", "2048"]) == 0
+    for name, weights in SEGMENTERS.items():
+        assert cli(["flops", "--model", name, "--shape", *map(str, weights.flops_input)]) == 0
         out = capsys.readouterr().out
         print(out)
-        assert f"flops: {expected}" in out
+        assert f"flops: {weights.flops_g}G" in out
 
 
 def test_ade20k_metadata_matches_fixture(fixtures_dir):

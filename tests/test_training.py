@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from iwin_models import training
+from iwin_models.cli import train as train_cli
 from iwin_models.segmenter import IwinUPerNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +117,7 @@ def _miou(model, images: Path, labels: Path) -> tuple[float, float]:
 def test_training_learns_the_shapes(shapes, tiny_folder, tmp_path, capsys):
     steps = 200
     work = tmp_path / "run"
-    rc = training.main(_train_args(shapes, tiny_folder, work, "--iters", str(steps), "--lr", "1e-3",
+    rc = train_cli.main(_train_args(shapes, tiny_folder, work, "--iters", str(steps), "--lr", "1e-3",
                                    "--warmup-iters", "20", "--batch-size", "4", "--checkpoint-interval", "0",
                                    "--val-interval", str(steps), "--val-images", str(shapes["val_images"]),
                                    "--val-labels", str(shapes["val_labels"]), "--val-scale", "64", "64"))
@@ -219,7 +220,7 @@ def test_full_disk_keeps_the_previous_checkpoint(shapes, tiny_folder, tmp_path, 
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(torch, "save", failing_save)
-    rc = training.main(_train_args(shapes, tiny_folder, work, "--iters", "4", "--checkpoint-interval", "2"))
+    rc = train_cli.main(_train_args(shapes, tiny_folder, work, "--iters", "4", "--checkpoint-interval", "2"))
     err = capsys.readouterr().err
     assert rc == 2
     assert "could not write checkpoint" in err and "No space left on device" in err and "intact" in err
@@ -295,6 +296,65 @@ def test_param_groups_and_lr_schedule():
     for _ in range(2000):
         short.step()
     assert short.get_last_lr() == [0.0]
+
+
+def test_cli_options_are_the_config_fields():
+    """``iwin-seg train``'s options parse to TrainConfig's defaults; validate() names the bad field."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    assert train_cli.config_from_args(parser.parse_args([])) == training.TrainConfig()
+    config = train_cli.config_from_args(parser.parse_args(["--scale", "64", "48", "--resume", "--amp", "bf16"]))
+    assert config.scale == (64, 48) and config.resume == "auto" and config.amp == "bf16"
+    for bad, message in [(dict(iters=0), "--iters must be positive"), (dict(log_interval=0), "--log-interval must"),
+                         (dict(workers=-1), "--workers must not be negative"), (dict(amp="fp8"), "--amp must be one")]:
+        with pytest.raises(ValueError, match=message):
+            training.TrainConfig(**bad).validate()
+
+
+class _Squares(torch.utils.data.Dataset):
+    """Normalised noise with a class-coloured square: (3, 64, 64) float, (64, 64) int64."""
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        image, label = torch.randn(3, 64, 64, generator=g), torch.zeros(64, 64, dtype=torch.long)
+        cls = 1 + i % 3
+        image[:, 8:40, 16:48] += cls
+        label[8:40, 16:48] = cls
+        return image, label
+
+
+def test_trainer_on_plain_objects_resumes_exactly(tmp_path):
+    """The library without the command: a built model and a data set; a Trainer resumed (in this process)
+    from an intermediate iter_N.pth ends with the same weights as the run it came from."""
+    config = dict(iters=3, batch_size=2, workers=0, lr=1e-3, warmup_iters=1, checkpoint_interval=1,
+                  keep_checkpoints=3, val_interval=0, log_interval=1, no_progress=True, seed=3)
+    torch.manual_seed(0)
+    first = training.Trainer(IwinUPerNet(**TINY), _Squares(), training.TrainConfig(work_dir=str(tmp_path / "a"),
+                                                                                  **config))
+    result = first.fit()
+    assert result["iterations"] == 3 and math.isfinite(result["loss"]) and result["rank"] == 0
+    a = training.load_checkpoint(tmp_path / "a" / "latest.pth")
+    assert a["format"] == "iwin-seg-train/1" and a["iteration"] == 3 and a["args"]["iters"] == 3
+    assert sorted(p.name for p in (tmp_path / "a").glob("iter_*.pth")) == ["iter_1.pth", "iter_2.pth", "iter_3.pth"]
+
+    torch.manual_seed(1)  # other initial weights: the checkpoint must replace them all
+    resumed = training.Trainer(IwinUPerNet(**TINY), _Squares(), training.TrainConfig(
+        work_dir=str(tmp_path / "b"), resume=str(tmp_path / "a" / "iter_1.pth"), **config))
+    assert resumed.fit()["iterations"] == 3
+    b = training.load_checkpoint(tmp_path / "b" / "latest.pth")
+    different = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+    images, labels = next(iter(torch.utils.data.DataLoader(_Squares(), batch_size=2)))
+    before = {k: v.clone() for k, v in first.model.state_dict().items()}
+    loss = training.train_step(first.model, images, labels, first.optimizer, aux_weight=0.0)
+    assert loss.ndim == 0 and math.isfinite(loss.item())
+    assert any(not torch.equal(before[k], v) for k, v in first.model.state_dict().items())  # it stepped
 
 
 def test_sampler_resumes_mid_epoch_and_shards():

@@ -1,0 +1,267 @@
+"""Peak memory and time of ``iwin-seg predict`` from a phone photo to a 100-megapixel aerial tile (issue #13).
+
+    .venv/bin/python benchmarks/bench_memory.py [--work DIR] [--cases 683x512,12MP,...] [--reps 5]
+
+Run by hand, never in CI; it takes a while on 2 cores (the 10000x10000 sliding-window case runs 841
+crops of 512x512: run it with nohup and poll).
+
+Each case is one ``iwin-seg predict`` of a synthetic photo (smooth gradients and shapes, JPEG) with
+Iwin-T UPerNet, fp32 on the CPU, its weights a random checkpoint in the authors' mmseg layout
+(``tests/_official.py``; no network). The command runs in a worker process (``iwin_models.cli.main``, as
+the console script) under ``/usr/bin/time -f %M``: peak RSS of the whole command (decoding, model,
+inference, PNG writing). The baseline is the code before issue #13 (``git show <rev>:iwin_models/inference.py``
+loaded as a module, and the decoder's concatenation it had) run in the same way, where its peak fits
+(``--baseline-max-gb``; the issue measured 19.8 GB at 12 MP, more for the rest).
+
+The sliding-window case also reports the time of the inference against the sum of its crops'
+forward passes (both measured inside the run: the encoder + decode head of every crop), and
+``683x512`` the time of ``segment`` against the baseline's, timed in alternation in one process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+MODEL = "iwin_tiny_upernet_ade20k"
+
+# name: (width, height, extra options, the baseline's peak RSS in GB as issue #13 measured it or estimates)
+CASES = {
+    "683x512": (683, 512, [], 1.75),
+    "683x512-aug": (683, 512, ["--aug"], 5.5),
+    "3MP": (2000, 1500, [], 6.4),
+    "12MP": (4000, 3000, [], 19.8),
+    "24MP": (6000, 4000, [], 40.0),
+    "12MP-aug": (4000, 3000, ["--aug"], 50.0),
+    "10000-slide": (10000, 10000, ["--slide", "--scale", "10000", "10000"], 60.0),
+}
+TARGETS_GB = {"12MP": 2.5, "24MP": 2.5, "12MP-aug": 4.0, "10000-slide": 4.0}
+
+
+# --- inputs -----------------------------------------------------------------------------------------
+
+def make_checkpoint(work: Path) -> Path:
+    """A random Iwin-T UPerNet checkpoint in the authors' mmseg layout (the key manifest of the fixtures)."""
+    import torch
+
+    path = work / "iwin_tiny_upernet_random.pth"
+    if not path.is_file():
+        sys.path.insert(0, str(REPO / "tests"))
+        from _official import official_upernet_checkpoint
+
+        fixtures = Path(os.environ.get("IWIN_FIXTURES") or REPO.parent / "shared" / "fixtures")
+        torch.save(official_upernet_checkpoint(fixtures / "keys" / f"{MODEL}.json"), path)
+    return path
+
+
+def make_photo(path: Path, width: int, height: int) -> Path:
+    """A smooth synthetic photo (gradients, a few discs), written as a JPEG a band of rows at a time."""
+    from PIL import Image
+
+    if path.is_file():
+        return path
+    rgb = np.empty((height, width, 3), np.uint8)
+    x = np.linspace(0, 1, width, dtype=np.float32)
+    discs = np.random.default_rng(0).uniform(0, 1, (12, 3))
+    for a in range(0, height, 512):
+        y = np.linspace(a / height, min(a + 512, height) / height, min(512, height - a), dtype=np.float32)[:, None]
+        shade = np.zeros((len(y), width), np.float32)
+        for cx, cy, r in discs:
+            shade += (np.hypot(x - cx, (y - cy) * height / width) < r * 0.2) * 0.3
+        for c, (fx, fy) in enumerate([(1.0, 0.3), (0.4, 1.0), (0.7, 0.7)]):
+            rgb[a:a + len(y), :, c] = np.clip(255 * (0.5 * (fx * x + fy * y) + shade), 0, 255)
+    Image.fromarray(rgb).save(path, quality=90)
+    return path
+
+
+# --- the worker: one command, in this process ---------------------------------------------------------
+
+def baseline_module(rev: str) -> types.ModuleType:
+    """``iwin_models/inference.py`` as of ``rev``, importable (its relative imports made absolute)."""
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:iwin_models/inference.py"],
+                            capture_output=True, text=True, check=True).stdout
+    source = source.replace("from . import ade20k", "from iwin_models import ade20k").replace(
+        "from .segmenter import", "from iwin_models.segmenter import")
+    module = types.ModuleType("iwin_inference_baseline")
+    module.__file__ = str(REPO / "iwin_models" / "inference.py")
+    exec(compile(source, f"{rev}:iwin_models/inference.py", "exec"), module.__dict__)
+    return module
+
+
+def use_baseline_decoder() -> None:
+    """The decoder as it was: channels-last, with the stride-4 concatenation."""
+    from iwin_models.segmenter import UPerNetDecoderChannelsLast
+
+    UPerNetDecoderChannelsLast._fusion_is_plain = lambda self: False
+
+
+def timed_forwards() -> dict:
+    """Seconds spent in the model's forward passes (encoder + decode head), summed, and their count."""
+    import iwin_models.inference as inference
+
+    spent = dict(seconds=0.0, passes=0)
+    low_res_logits = inference._low_res_logits
+
+    def timed(*args, **kwargs):
+        t = time.perf_counter()
+        out = low_res_logits(*args, **kwargs)
+        spent["seconds"] += time.perf_counter() - t
+        spent["passes"] += 1
+        return out
+
+    inference._low_res_logits = timed
+    return spent
+
+
+def worker(which: str, rev: str, argv: list[str]) -> None:
+    """Run ``iwin-seg predict argv`` (``which``: new, or the baseline at ``rev``); print what was timed."""
+    import iwin_models.inference as inference
+
+    timings = dict(predict_seconds=0.0)
+    spent = timed_forwards() if which == "new" else None
+    module = inference if which == "new" else baseline_module(rev)
+    name = "predict" if which == "new" else "segment"
+    inner = getattr(module, name)
+
+    def timed(*args, **kwargs):
+        t = time.perf_counter()
+        out = inner(*args, **kwargs)
+        timings["predict_seconds"] += time.perf_counter() - t
+        return out
+
+    setattr(module, name, timed)
+    t = time.perf_counter()
+    if which == "new":
+        from iwin_models.cli import main
+        rc = main(["predict", *argv])
+    else:
+        use_baseline_decoder()
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        rc = module.run(parser.parse_args(argv))
+    timings.update(rc=rc, command_seconds=time.perf_counter() - t, forwards=spent)
+    print("BENCH " + json.dumps(timings), flush=True)
+
+
+# --- the driver -----------------------------------------------------------------------------------------
+
+def measure(which: str, name: str, work: Path, checkpoint: Path, rev: str) -> dict:
+    width, height, extra, _ = CASES[name]
+    photo = make_photo(work / f"photo_{width}x{height}.jpg", width, height)
+    argv = [str(photo), "--model", MODEL, "--weights", str(checkpoint), "--out", str(work / f"out_{which}_{name}"),
+            "--device", "cpu", *extra]
+    cmd = ["/usr/bin/time", "-f", "PEAK_RSS_KB %M", sys.executable, str(Path(__file__).resolve()), "_worker",
+           which, rev, *argv]
+    print(f"[{time.strftime('%H:%M:%S')}] {which} {name}: {' '.join(cmd[4:])}", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    rss = [line for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB")]
+    bench = [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
+    if proc.returncode != 0 or not rss or not bench:
+        return dict(which=which, case=name, error=proc.stderr[-2000:])
+    out = dict(which=which, case=name, peak_rss_gb=int(rss[-1].split()[1]) / 2 ** 20, **json.loads(bench[-1][6:]))
+    print(f"    {json.dumps(out)}", flush=True)
+    return out
+
+
+def time_ade_size(work: Path, checkpoint: Path, rev: str, reps: int) -> dict:
+    """Median seconds of ``segment`` on a 683x512 photo, new and baseline alternately (one process)."""
+    import torch
+
+    import iwin_models.inference as inference
+    from iwin_models.cli.common import resolve_model
+    from iwin_models.segmenter import UPerNetDecoderChannelsLast
+
+    baseline = baseline_module(rev)
+    model = resolve_model(MODEL, str(checkpoint))
+    image = inference.load_image(make_photo(work / "photo_683x512.jpg", 683, 512))
+    grouped = UPerNetDecoderChannelsLast._fusion_is_plain
+
+    def old():
+        UPerNetDecoderChannelsLast._fusion_is_plain = lambda self: False
+        try:
+            return baseline.segment(model, image)
+        finally:
+            UPerNetDecoderChannelsLast._fusion_is_plain = grouped
+
+    runs = {"new": lambda: inference.segment(model, image), "baseline": old}
+    times = {k: [] for k in runs}
+    with torch.no_grad():
+        agree = float((runs["new"]() == runs["baseline"]()).mean())  # also the warm-up; round-off of the decoder
+        for _ in range(reps):
+            for k, f in runs.items():
+                t = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return dict(new_s=med["new"], baseline_s=med["baseline"], ratio=med["new"] / med["baseline"], reps=reps,
+                same_labels=agree, all=times)
+
+
+def table(results: list[dict], ade: dict | None) -> str:
+    rows = ["| input | options | peak RSS before | peak RSS after | target | command time after |",
+            "|---|---|---|---|---|---|"]
+    by = {(r["which"], r["case"]): r for r in results}
+    for name, (w, h, extra, issue_gb) in CASES.items():
+        new = by.get(("new", name))
+        if new is None:
+            continue
+        old = by.get(("baseline", name))
+        before = f"{old['peak_rss_gb']:.2f} GB" if old and "peak_rss_gb" in old else f"not run (issue: ~{issue_gb:g} GB)"
+        after = f"{new['peak_rss_gb']:.2f} GB" if "peak_rss_gb" in new else "failed"
+        target = f"<= {TARGETS_GB[name]:g} GB" if name in TARGETS_GB else ""
+        seconds = f"{new.get('command_seconds', float('nan')):.0f} s"
+        rows.append(f"| {w}x{h} | {' '.join(extra) or 'whole'} | {before} | {after} | {target} | {seconds} |")
+    slide = by.get(("new", "10000-slide"))
+    if slide and slide.get("forwards"):
+        f = slide["forwards"]
+        rows.append(f"\n10000x10000 --slide: inference {slide['predict_seconds']:.0f} s, its {f['passes']} crops' "
+                    f"forward passes {f['seconds']:.0f} s: {slide['predict_seconds'] / f['seconds']:.3f}x (target <= 1.1x)")
+    if ade:
+        rows.append(f"\n683x512 whole, segment(): {ade['new_s']:.2f} s vs {ade['baseline_s']:.2f} s before: "
+                    f"{ade['ratio']:.3f}x (target <= 1.02x; medians of {ade['reps']}, alternating; "
+                    f"{ade['same_labels']:.4%} of the pixels labelled alike)")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_worker":
+        worker(sys.argv[2], sys.argv[3], sys.argv[4:])
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", default="/tmp/iwin_bench_memory", help="photos, checkpoint and outputs")
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
+    p.add_argument("--baseline-rev", default="HEAD", help="git revision of the code before (default: HEAD)")
+    p.add_argument("--baseline-max-gb", type=float, default=16.0, help="run the baseline where its peak fits")
+    p.add_argument("--reps", type=int, default=5, help="alternating repetitions of the 683x512 timing (0: skip)")
+    p.add_argument("--json", help="write every figure here")
+    args = p.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint = make_checkpoint(work)
+    results = []
+    for name in args.cases.split(","):
+        results.append(measure("new", name, work, checkpoint, args.baseline_rev))
+        if CASES[name][3] <= args.baseline_max_gb:
+            results.append(measure("baseline", name, work, checkpoint, args.baseline_rev))
+    ade = time_ade_size(work, checkpoint, args.baseline_rev, args.reps) if args.reps else None
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    text = table(results, ade)
+    print(f"\nload average at the end: {' '.join(load)}\n{text}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(results=results, ade=ade, table=text), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

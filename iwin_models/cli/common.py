@@ -1,0 +1,171 @@
+"""What the commands share: the one model resolver, the one data-set builder, precisions and options.
+
+Every command that needs a segmenter resolves it with :func:`resolve_model` ("a registered name, a
+``save_pretrained`` folder, or either with ``--weights``"), and every command that reads a data set
+from its options builds it with :func:`build_dataset` (ADE20K, or a folder data set).
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+__all__ = ["DTYPES", "STARTS", "add_model_arguments", "resolve_model", "build_dataset", "parse_device"]
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # --dtype: autocast precision
+STARTS = ("official", "random", "imagenet")  # what a registered name without --weights starts from
+
+DEFAULT_MODEL = "iwin_tiny_upernet_ade20k"
+_WEIGHTS_HELP = ("official mmseg .pth, safetensors file or save_pretrained folder, or URL "
+                 "(default: the official checkpoint, from the torch.hub cache)")
+
+
+def add_model_arguments(parser, default: str | None = DEFAULT_MODEL, weights_help: str = _WEIGHTS_HELP,
+                        weights_metavar: str | None = None) -> None:
+    """``--model`` (required when ``default`` is None) and ``--weights`` on ``parser`` (or an argument group)."""
+    from ..segmenter import SEGMENTERS
+
+    model_help = f"segmenter name ({', '.join(SEGMENTERS)}) or a folder written by save_pretrained"
+    if default is None:
+        parser.add_argument("--model", required=True, help=model_help)
+    else:
+        parser.add_argument("--model", default=default, help=model_help + " (default: %(default)s)")
+    parser.add_argument("--weights", metavar=weights_metavar, help=weights_help)
+
+
+def parse_device(device: str | torch.device | None) -> torch.device:
+    """``torch.device(device)`` (default: the CPU); a ValueError naming a bad device."""
+    try:
+        return torch.device(device if device is not None else "cpu")
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"bad device {device!r}: {e}") from None
+
+
+def _unknown(name: str) -> ValueError:
+    from ..segmenter import SEGMENTERS
+
+    return ValueError(f"unknown model {name!r}: choose one of {', '.join(SEGMENTERS)} or a save_pretrained folder")
+
+
+def _fit_classes(model, num_classes: int | None, source: str):
+    if num_classes is not None and model.num_classes != num_classes:
+        warnings.warn(f"{source} has {model.num_classes} classes and the data {num_classes}: "
+                      f"the classifiers are re-initialised", stacklevel=3)
+        model.reset_classes(num_classes)
+    return model
+
+
+def _from_registry(name: str, start: str, num_classes: int | None, warn: bool, create_kwargs: dict):
+    from ..segmenter import create_segmenter
+
+    if num_classes is not None:
+        create_kwargs["num_classes"] = num_classes
+    if start == "official":
+        create_kwargs.pop("encoder_pretrained", None)
+        return create_segmenter(name, pretrained=True, **create_kwargs)
+    if start == "imagenet":  # encoder_pretrained: True (timm's in1k weights), a path, or False (random backbone)
+        if create_kwargs.get("encoder_pretrained") is None:
+            create_kwargs["encoder_pretrained"] = True
+        return create_segmenter(name, pretrained=False, **create_kwargs)
+    if warn:
+        print(f"iwin-seg: warning: no --weights given, {name} has RANDOM weights "
+              f"(pass --weights with the official checkpoint for a useful model)", file=sys.stderr)
+    create_kwargs.pop("encoder_pretrained", None)
+    return create_segmenter(name, pretrained=False, **create_kwargs)
+
+
+def resolve_model(name: str, weights: str | None = None, *, device: str | torch.device | None = "cpu",
+                  start: str = "official", num_classes: int | None = None, warn: bool = True, **create_kwargs):
+    """The segmenter ``name`` (+ ``weights``) on ``device``, in eval mode; the one resolver of every command.
+
+    Args:
+        name: a registered segmenter name (``iwin_tiny_upernet_ade20k``, ...) or a folder written by
+            ``save_pretrained`` (it gives the architecture and the weights).
+        weights: a checkpoint to use instead: an official mmseg ``.pth``, a safetensors file, a URL or a
+            ``save_pretrained`` folder. With a folder ``name``, the folder gives the architecture and
+            ``weights`` the tensors.
+        device: where the model goes (a ValueError names a bad device, before anything is built).
+        start: what a registered name without ``weights`` starts from: ``"official"`` (the authors'
+            ADE20K weights, from the torch.hub cache), ``"random"`` (random weights, with a warning on
+            stderr unless ``warn`` is False) or ``"imagenet"`` (training: the backbone from ImageNet;
+            ``encoder_pretrained`` in ``create_kwargs`` may be a classification checkpoint path, or
+            False for a random backbone without warning).
+        num_classes: classes of the model; other than the weights' count, the classifiers are
+            re-initialised (with a warning).
+        **create_kwargs: more :func:`~iwin_models.segmenter.create_segmenter` arguments for a registered
+            name (``drop_path_rate``, ``aux_head``, ``encoder_pretrained``, ...).
+    """
+    from ..segmenter import SEGMENTERS, IwinUPerNet, create_segmenter, load_segmenter_weights
+
+    if start not in STARTS:
+        raise ValueError(f"unknown start {start!r}: choose one of {', '.join(STARTS)}")
+    device = parse_device(device)
+    if name in SEGMENTERS:
+        if weights is not None and Path(weights).is_dir():
+            model = _fit_classes(IwinUPerNet.from_pretrained(weights), num_classes, str(weights))
+        elif weights is not None:
+            create_kwargs.pop("encoder_pretrained", None)  # the segmenter checkpoint holds the backbone too
+            if num_classes is not None:
+                create_kwargs["num_classes"] = num_classes
+            model = create_segmenter(name, pretrained=True, weights=str(weights), **create_kwargs)
+        else:
+            model = _from_registry(name, start, num_classes, warn, dict(create_kwargs))
+    elif Path(name).is_dir():
+        model = IwinUPerNet.from_pretrained(name)
+        if weights is not None:  # the folder gives the architecture, ``weights`` the tensors
+            load_segmenter_weights(model, str(weights))
+        model = _fit_classes(model, num_classes, name)
+    else:
+        raise _unknown(name)
+    return model.to(device).eval()
+
+
+def build_dataset(*, data_root: str | Path | None = None, split: str = "validation",
+                  images: str | Path | None = None, labels: str | Path | None = None,
+                  class_names: str | Sequence[str] | None = None, num_classes: int | None = None,
+                  ignore_index: int = 255, reduce_zero_label: bool = False, transform: Callable | None = None,
+                  model=None):
+    """The data set the options describe: ADE20K at ``data_root``, or a folder data set ``images`` + ``labels``.
+
+    The one builder of every command (``eval``; ``train`` for its training and validation sets).
+
+    Args:
+        data_root: ``ADEChallengeData2016`` (or its parent); then ``split`` says which, and the folder
+            options must not be given.
+        images, labels: a folder data set (label PNGs with the images' stems).
+        class_names: its classes: a file (one per line, or a JSON list), a comma list or a list; without
+            them ``num_classes`` (default: the ``model``'s) classes named as the model names them, else
+            ``class 0``, ``class 1``, ...
+        ignore_index, reduce_zero_label: how the folder's label files mark ignored pixels.
+        transform: ``transform(image, label)`` for each sample (e.g. the training pipeline).
+        model: a segmenter whose class count, names and palette are the defaults.
+    """
+    from ..data import ADE20KDataset, FolderSegmentationDataset, read_class_names
+
+    if data_root:
+        if images or labels:
+            raise ValueError("give either --data-root (ADE20K) or --images/--labels (a folder data set), not both")
+        return ADE20KDataset(data_root, split, transform)
+    if not (images and labels):
+        raise ValueError("no data: give --data-root ADEChallengeData2016, or --images DIR --labels DIR")
+    if class_names:
+        names = read_class_names(class_names)
+        if num_classes is not None and num_classes != len(names):
+            raise ValueError(f"--num-classes {num_classes} but {len(names)} class names")
+    else:
+        names = _default_names(num_classes, model)
+    palette = getattr(model, "palette", None)
+    palette = palette if palette and len(palette) == len(names) else None
+    return FolderSegmentationDataset(images, labels, names, ignore_index=ignore_index,
+                                     reduce_zero_label=reduce_zero_label, transform=transform, palette=palette)
+
+
+def _default_names(num_classes: int | None, model) -> list[str]:
+    n = num_classes or getattr(model, "num_classes", None)
+    if not n:
+        raise ValueError("a folder data set needs --class-names (file or comma list) or --num-classes")
+    model_names = getattr(model, "class_names", None)
+    return list(model_names) if model_names and len(model_names) == n else [f"class {i}" for i in range(n)]

@@ -1,0 +1,75 @@
+"""``iwin-seg eval``: mIoU of a segmenter on ADE20K or a folder data set; ``torchrun`` for many processes."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .common import DTYPES, add_model_arguments, build_dataset, resolve_model
+
+
+def add_arguments(parser) -> None:
+    add_model_arguments(parser.add_argument_group("model"))
+    g = parser.add_argument_group("data (ADE20K, or a folder data set)")
+    g.add_argument("--data-root", metavar="DIR", help="ADEChallengeData2016 folder (or its parent)")
+    g.add_argument("--split", default="validation", choices=["validation", "training"],
+                   help="ADE20K split (default: %(default)s)")
+    g.add_argument("--images", metavar="DIR", help="folder data set: images (jpg/png)")
+    g.add_argument("--labels", metavar="DIR", help="folder data set: label PNGs with the same stems")
+    g.add_argument("--class-names", metavar="FILE",
+                   help="folder data set: class names, a file (one per line, or a JSON list) or a comma list "
+                        "(default: the model's)")
+    g.add_argument("--num-classes", type=int,
+                   help="folder data set without --class-names: number of classes (default: the model's)")
+    g.add_argument("--ignore-index", type=int, default=255,
+                   help="folder data set: label value of ignored pixels (default: %(default)s)")
+    g.add_argument("--reduce-zero-label", action="store_true",
+                   help="folder data set: label 0 is 'unlabelled' and 1..C the classes (as ADE20K)")
+    g.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images only")
+    g = parser.add_argument_group("test protocol")
+    g.add_argument("--aug", action="store_true", help="multi-scale (0.5..1.75) + flip test-time augmentation")
+    g.add_argument("--slide", action="store_true", help="sliding-window inference (512 crops, stride 341)")
+    g.add_argument("--scale", type=int, nargs=2, default=(2048, 512), metavar=("LONG", "SHORT"),
+                   help="test scale the image is fitted into (default: 2048 512)")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="autocast precision (default: fp32)")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available, else cpu)")
+    g.add_argument("--json", metavar="FILE", help="also write the figures (and per-class sums) as JSON")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _report(model, dataset, result: dict, args, world: int) -> None:
+    from ..evaluation import format_results, json_ready
+
+    print(f"{getattr(model, 'name', type(model).__name__)} on {result['num_images']} images "
+          f"({'aug' if args.aug else 'single scale'}{', slide' if args.slide else ''}, "
+          f"{world} process{'es' if world > 1 else ''})")
+    print(format_results(result, dataset.class_names))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(json_ready(result), indent=1), encoding="utf-8")
+    sys.stdout.flush()
+
+
+def run(args) -> int:
+    import torch.distributed as dist
+
+    from ..distributed import init_distributed, world
+    from ..evaluation import evaluate
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be positive, got {args.limit}")
+    device, started = init_distributed(args.device)
+    try:
+        rank, world_size = world()
+        model = resolve_model(args.model, args.weights, device=device)
+        dataset = build_dataset(data_root=args.data_root, split=args.split, images=args.images, labels=args.labels,
+                                class_names=args.class_names, num_classes=args.num_classes,
+                                ignore_index=args.ignore_index, reduce_zero_label=args.reduce_zero_label, model=model)
+        result = evaluate(model, dataset, aug=args.aug, slide=args.slide, dtype=DTYPES[args.dtype],
+                          progress=not args.no_progress, scale=tuple(args.scale), limit=args.limit)
+        if rank == 0:
+            _report(model, dataset, result, args, world_size)
+    finally:
+        if started:
+            dist.destroy_process_group()
+    return 0

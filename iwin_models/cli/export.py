@@ -1,0 +1,46 @@
+"""``iwin-seg export``: a segmenter as ONNX and/or a ``torch.export`` program (see :mod:`iwin_models.export`).
+
+The model comes from ``--model`` (a registered name or a ``save_pretrained`` folder) and ``--weights``.
+Without ``--weights`` a registered name gives a model with *random* weights (a warning says so; useful
+to try the export or measure speed offline), rather than downloading the official checkpoint behind
+the user's back: pass ``--weights`` with the official ``.pth`` (or a converted folder) for a useful model.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import add_model_arguments, resolve_model
+
+
+def add_arguments(parser) -> None:
+    add_model_arguments(parser, default=None,
+                        weights_help="official mmseg .pth, safetensors file or save_pretrained folder "
+                                     "(without it a registered name gets random weights, with a warning)")
+    parser.add_argument("--onnx", metavar="OUT.onnx", help="write an ONNX file")
+    parser.add_argument("--program", metavar="OUT.pt2", help="write a torch.export program (torch.export.save)")
+    parser.add_argument("--height", type=int, default=512, help="input height (default: %(default)s)")
+    parser.add_argument("--width", type=int, default=512, help="input width (default: %(default)s)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="free batch, height and width in the graph (--height/--width only size the "
+                             "example input); default: a graph for that one size")
+
+
+def run(args) -> int:
+    import torch
+
+    from ..export import export_onnx, export_program
+
+    if not args.onnx and not args.program:
+        raise ValueError("nothing to do: give --onnx OUT.onnx and/or --program OUT.pt2")
+    model = resolve_model(args.model, args.weights, start="random")
+    size = f"{'Nx3xHxW' if args.dynamic else f'1x3x{args.height}x{args.width}'}"
+    if args.onnx:
+        path = export_onnx(model, args.onnx, args.height, args.width, args.opset, dynamic=args.dynamic)
+        print(f"wrote {path} (input 'image' {size}, output 'logits')")
+    if args.program:
+        program = export_program(model, args.height, args.width, dynamic=args.dynamic)
+        Path(args.program).parent.mkdir(parents=True, exist_ok=True)
+        torch.export.save(program, args.program)
+        print(f"wrote {args.program} (torch.export, input {size})")
+    return 0

@@ -1,0 +1,190 @@
+"""``iwin-seg predict``: segment images (files or folders) and write colour overlays and label PNGs.
+
+Memory is bounded by the work, not the photo's size (see :func:`iwin_models.inference.predict`).
+Images are decoded by a thread ahead of the model. A file that cannot be read is reported (file and
+reason) and skipped; every other image is written, and the command exits with status 2 at the end,
+giving the number of failures. Outputs are written to a temporary file in the output folder and
+renamed, so an interrupted run leaves no truncated PNG, and ``--skip-existing`` continues it. Under
+``torchrun --nproc_per_node N`` the images are split across the processes (``rank::N``).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .common import DTYPES, add_model_arguments, resolve_model
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("images", nargs="*", metavar="IMAGE",
+                        help="image files or folders (default: the bundled sample photograph)")
+    add_model_arguments(parser)
+    parser.add_argument("--out", default="iwin_seg_out", help="output folder (default: %(default)s)")
+    parser.add_argument("--aug", action="store_true", help="multi-scale (0.5..1.75) + flip test-time augmentation")
+    parser.add_argument("--slide", action="store_true", help="sliding-window inference (512 crops, stride 341)")
+    parser.add_argument("--scale", type=int, nargs=2, default=(2048, 512), metavar=("LONG", "SHORT"),
+                        help="test scale the image is fitted into (default: 2048 512; an aerial tile at its "
+                             "own resolution: its own size, e.g. --scale 10000 10000 --slide)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="autocast precision (default: fp32)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available, else cpu)")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="leave images whose overlay and label PNGs are already there (continue a run)")
+    parser.add_argument("--prefetch", type=int, default=2, metavar="N",
+                        help="images decoded ahead of the model (default: %(default)s; 0: none)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def expand_images(paths: Sequence[str | Path]) -> list[Path]:
+    """The image files named, folders replaced by their images (sorted); errors for what is not there."""
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            if not found:
+                raise FileNotFoundError(f"no images in folder {p}")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"no such image file or folder: {p}")
+    return files
+
+
+def outputs(out: Path, image: Path) -> tuple[Path, Path]:
+    """The overlay and label PNG written for ``image``."""
+    return out / f"{image.stem}_overlay.png", out / f"{image.stem}_labels.png"
+
+
+def save_atomic(picture, path: Path) -> None:
+    """``picture.save(path)`` as a PNG, through a temporary file in the same folder and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        picture.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read(path: Path) -> tuple[np.ndarray | None, str | None]:
+    from ..io import load_image
+
+    try:
+        return load_image(path), None
+    except (ValueError, TypeError, OSError) as e:  # unreadable, corrupt, too large, gone
+        return None, str(e)
+
+
+def decoded(files: Sequence[Path], ahead: int = 2) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+    """``(path, image, None)`` or ``(path, None, reason)`` for each file, decoded by a thread ``ahead``
+    images in advance (PIL decodes without the GIL, so decoding overlaps the model)."""
+    if ahead <= 0:
+        yield from ((f, *_read(f)) for f in files)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="iwin-decode") as pool:
+        queue, rest = deque(), iter(files)
+        for f in rest:
+            queue.append((f, pool.submit(_read, f)))
+            if len(queue) > ahead:
+                done, job = queue.popleft()
+                yield (done, *job.result())
+        while queue:
+            done, job = queue.popleft()
+            yield (done, *job.result())
+
+
+def write_outputs(out: Path, path: Path, image: np.ndarray, labels: np.ndarray, names, palette) -> None:
+    from PIL import Image
+
+    from ..inference import overlay
+
+    overlay_path, labels_path = outputs(out, path)
+    save_atomic(overlay(image, labels, names, palette), overlay_path)
+    save_atomic(Image.fromarray(labels), labels_path)  # class index per pixel (uint8, or uint16 over 256 classes)
+
+
+def _check(args) -> None:
+    if min(args.scale) < 1:
+        raise ValueError(f"--scale must be positive, got {' '.join(map(str, args.scale))}")
+    if args.prefetch < 0:
+        raise ValueError(f"--prefetch must be 0 or more, got {args.prefetch}")
+
+
+def segment_files(model, files: Sequence[Path], out: Path, args, progress: bool = True,
+                  report_each: bool = True) -> list[tuple[str, str]]:
+    """Segment ``files`` into ``out``; the (file, reason) of each one that could not be read (reported on
+    stderr as it happens with ``report_each``)."""
+    from tqdm import tqdm
+
+    from .. import ade20k
+    from ..inference import predict
+
+    names = model.class_names or [f"class {i}" for i in range(model.num_classes)]
+    palette = model.palette or ade20k.PALETTE
+    labels_dtype = np.uint8 if model.num_classes <= 256 else np.uint16
+    failed = []
+    bar = tqdm(decoded(files, args.prefetch), total=len(files), desc="segmenting", unit="img", dynamic_ncols=True,
+               disable=not progress or len(files) < 2)
+    for path, image, error in bar:
+        if error is not None:
+            failed.append((str(path), error))
+            if report_each:
+                tqdm.write(f"iwin-seg predict: skipped {path}: {error}", file=sys.stderr)
+            continue
+        labels = predict(model, image, aug=args.aug, slide=args.slide, dtype=DTYPES[args.dtype],
+                         scale=tuple(args.scale), labels_dtype=labels_dtype)
+        write_outputs(out, path, image, labels, names, palette)
+        del image, labels
+        overlay_path, labels_path = outputs(out, path)
+        tqdm.write(f"{path} -> {overlay_path}, {labels_path}")
+    return failed
+
+
+def run(args) -> int:
+    import torch.distributed as dist
+
+    from ..distributed import any_process, gather, init_distributed, world
+    from ..inference import SAMPLE_IMAGE
+
+    _check(args)
+    files = expand_images(args.images) if args.images else [SAMPLE_IMAGE]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device, started = init_distributed(args.device)
+    try:
+        rank, world_size = world()
+        model = resolve_model(args.model, args.weights, device=device)
+        mine = files[rank::world_size]
+        if args.skip_existing:
+            mine = [f for f in mine if not all(p.is_file() for p in outputs(out, f))]
+        error = None
+        try:
+            failed = segment_files(model, mine, out, args, progress=not args.no_progress and rank == 0,
+                                   report_each=len(files) > 1)  # one file: its one line at the end
+        except Exception as e:  # the other processes must not wait for this one at the gather
+            error, failed = e, []
+        if world_size > 1 and any_process(error is not None) and error is None:
+            raise RuntimeError("iwin-seg predict failed in another process (see its message)")
+        if error is not None:
+            raise error
+        failed = [f for part in gather(failed) for f in part]
+    finally:
+        if started:
+            dist.destroy_process_group()
+    if not failed:
+        return 0
+    if rank == 0:
+        detail = f": {failed[0][1]}" if len(failed) == 1 else f" (see above); the others are in {out}"
+        print(f"iwin-seg predict: error: {len(failed)} of {len(files)} images could not be read{detail}",
+              file=sys.stderr)
+    return 2

@@ -1,0 +1,138 @@
+"""``iwin-seg predict`` on folders: bad files reported and skipped, atomic writes, --skip-existing, torchrun."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import MINI, REPO
+from PIL import Image
+
+import iwin_models.inference as inference
+import iwin_models.io as io
+from iwin_models.cli import main as cli
+from iwin_models.segmenter import IwinUPerNet
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    m = IwinUPerNet("iwin_tiny", encoder_kwargs=MINI, decoder_channels=32, aux_channels=0, classes=150)
+    with torch.no_grad():
+        m.segmentation_head.conv_seg.weight.mul_(30)
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    m.eval().save_pretrained(path)
+    return path
+
+
+def _rgb(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Four good images and three bad ones (not an image, a truncated PNG, an image over the size limit)."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    for i, (h, w) in enumerate([(40, 60), (33, 47), (64, 32), (20, 90)]):
+        Image.fromarray(_rgb(h, w, i)).save(d / f"good{i}.png")
+    (d / "notes.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (d / "cut.png").write_bytes((d / "good0.png").read_bytes()[:300])
+    Image.fromarray(_rgb(200, 200, 9)).save(d / "huge.png")
+    return d
+
+
+def _predict(*argv, model_dir, out):
+    return cli(["predict", *map(str, argv), "--model", str(model_dir), "--out", str(out), "--no-progress",
+                "--scale", "96", "64"])
+
+
+def test_bad_files_are_reported_skipped_and_counted(folder, model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(io, "MAX_IMAGE_PIXELS", 200 * 199)
+    out = tmp_path / "out"
+    assert _predict(folder, model_dir=model_dir, out=out) == 2
+    err = capsys.readouterr().err
+    assert "skipped" in err and "notes.jpg" in err and "cut.png" in err and "not a readable image" in err
+    assert "huge.png" in err and "200x200" in err  # too large: refused from its header, size named
+    assert "3 of 7 images could not be read" in err
+    model = IwinUPerNet.from_pretrained(model_dir).eval()
+    for i in range(4):
+        labels = np.array(Image.open(out / f"good{i}_labels.png"))
+        expected = inference.segment(model, folder / f"good{i}.png", scale=(96, 64))
+        assert labels.dtype == np.uint8 and np.array_equal(labels, expected)
+        assert (out / f"good{i}_overlay.png").is_file()
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"good{i}_{k}.png" for i in range(4)
+                                                           for k in ("overlay", "labels"))
+
+
+def test_an_interrupted_write_leaves_no_partial_png_and_skip_existing_continues(folder, model_dir, tmp_path,
+                                                                                monkeypatch, capsys):
+    for bad in ("notes.jpg", "cut.png", "huge.png"):
+        (folder / bad).unlink()
+    out = tmp_path / "out"
+    real_save, saves = Image.Image.save, []
+
+    def dying_save(self, fp, *args, **kwargs):  # the third PNG: half written, then the process is killed
+        saves.append(fp)
+        if len(saves) == 3:
+            Path(fp).write_bytes(b"\x89PNG half")
+            raise KeyboardInterrupt
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", dying_save)
+    assert _predict(folder, model_dir=model_dir, out=out) == 130
+    assert sorted(p.name for p in out.iterdir()) == ["good0_labels.png", "good0_overlay.png"]  # no temporary left
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    calls = []
+    real_predict = inference.predict
+    monkeypatch.setattr(inference, "predict", lambda *a, **k: calls.append(a[1].shape) or real_predict(*a, **k))
+    assert _predict(folder, "--skip-existing", model_dir=model_dir, out=out) == 0
+    assert len(calls) == 3, "good0 is not segmented again"
+    assert all(out.joinpath(name).stat().st_mtime_ns == t for name, t in before.items())
+    assert len(list(out.iterdir())) == 8 and all(Image.open(p).size for p in out.iterdir())
+
+
+def test_no_arguments_segments_the_sample(model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli(["predict", "--model", str(model_dir), "--no-progress"]) == 0
+    labels = np.array(Image.open("iwin_seg_out/sample_labels.png"))
+    assert labels.shape == io.load_image(inference.SAMPLE_IMAGE).shape[:2]
+    assert Image.open("iwin_seg_out/sample_overlay.png").width > labels.shape[1]  # with its legend
+
+
+def test_prefetch_and_options(folder, model_dir, tmp_path, capsys):
+    for bad in ("notes.jpg", "cut.png", "huge.png"):
+        (folder / bad).unlink()
+    assert _predict(folder, "--prefetch", "0", model_dir=model_dir, out=tmp_path / "a") == 0
+    assert _predict(folder, "--prefetch", "3", model_dir=model_dir, out=tmp_path / "b") == 0
+    for p in (tmp_path / "a").iterdir():
+        assert p.read_bytes() == (tmp_path / "b" / p.name).read_bytes()
+    capsys.readouterr()
+    assert cli(["predict", str(folder), "--model", str(model_dir), "--scale", "0", "64"]) == 2
+    assert "--scale must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_splits_the_images_and_writes_what_one_process_writes(folder, model_dir, tmp_path):
+    for bad in ("cut.png", "huge.png"):
+        (folder / bad).unlink()  # notes.jpg stays: a failure in one process fails the job
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    common = ["predict", str(folder), "--model", str(model_dir), "--device", "cpu", "--scale", "96", "64"]
+    one = subprocess.run([sys.executable, "-m", "iwin_models.cli", *common, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "iwin_models.cli", *common, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env)
+    assert one.returncode == 2 and "1 of 5 images could not be read" in one.stderr, one.stderr
+    assert two.returncode != 0 and "1 of 5 images could not be read" in two.stderr, two.stderr
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert len(names) == 8 and names == sorted(p.name for p in (tmp_path / "two").iterdir())
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    lines = [line for line in two.stdout.splitlines() if " -> " in line]
+    assert len(lines) == 4, "each image segmented by one process"
