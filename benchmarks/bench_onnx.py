@@ -1,6 +1,6 @@
 """onnxruntime (CPU) latency of the dynamic ONNX graph vs PyTorch eager, Iwin-T UPerNet (run by hand).
 
-    .venv/bin/python benchmarks/bench_onnx.py [--threads 2] [--sizes 512,1024] [--reps 5]
+    .venv/bin/python benchmarks/bench_onnx.py [--threads 2] [--sizes 512,1024] [--reps 5] [--static]
 
 One graph is exported with free batch/height/width (``export_onnx(..., dynamic=True)``) and serves
 every size; it is timed against the same model in PyTorch eager (its default CPU fast paths on),
@@ -64,11 +64,26 @@ def measure(model, session, size: int, reps: int) -> tuple[float, float, float]:
     return times["ort"], times["eager"], err
 
 
+def sessions(model, sizes: list[int], static: bool, threads: int, tmp: Path) -> dict[int, object]:
+    """size -> onnxruntime session: the one dynamic graph for all, or with ``static`` one graph per size."""
+    graphs = {size: (size, size) for size in sizes} if static else {None: (512, 512)}
+    out = {}
+    for key, (height, width) in graphs.items():
+        t = time.perf_counter()
+        path = export_onnx(model, tmp / f"iwin_t_{key or 'dynamic'}.onnx", height, width, dynamic=not static)
+        print(f"export ({f'{key}x{key}' if key else 'dynamic'}): {time.perf_counter() - t:.1f} s, "
+              f"{path.stat().st_size / 2**20:.0f} MiB")
+        out[key] = session_for(path, threads)
+    return {size: out[size if static else None] for size in sizes}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sizes", default="512,1024")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--static", action="store_true",
+                        help="one fixed-size graph per size instead of the dynamic graph (for comparison)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     with open("/proc/loadavg") as f:
@@ -78,15 +93,14 @@ def main(argv=None) -> int:
 
     torch.manual_seed(0)
     model = create_segmenter("iwin_tiny_upernet_ade20k", pretrained=False).eval()
+    sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        t = time.perf_counter()
-        path = export_onnx(model, Path(tmp) / "iwin_t_dynamic.onnx", dynamic=True)
-        print(f"export (dynamic): {time.perf_counter() - t:.1f} s, {path.stat().st_size / 2**20:.0f} MiB")
-        session = session_for(path, args.threads)
-        print("| size | onnxruntime | PyTorch eager | ort / eager | max abs diff / max abs logit |")
+        by_size = sessions(model, sizes, args.static, args.threads, Path(tmp))
+        print(f"| size | onnxruntime ({'static' if args.static else 'dynamic'} graph) | PyTorch eager | "
+              "ort / eager | max abs diff / max abs logit |")
         print("|---|---|---|---|---|")
-        for size in (int(s) for s in args.sizes.split(",")):
-            ort_s, eager_s, err = measure(model, session, size, args.reps)
+        for size in sizes:
+            ort_s, eager_s, err = measure(model, by_size[size], size, args.reps)
             print(f"| {size}x{size} | {ort_s:.3f} s | {eager_s:.3f} s | {ort_s / eager_s:.2f} | {err:.1e} |",
                   flush=True)
     return 0

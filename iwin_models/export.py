@@ -9,6 +9,7 @@ has to be fixed at export); ``height`` and ``width`` then only size the example 
 """
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -88,12 +89,21 @@ def export_onnx(model: nn.Module, path: str | Path, height: int = 512, width: in
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    x = _example_for(model, height, width, dynamic)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            _LogitsOnly(model), (x,), dynamo=True, opset_version=opset,
+        # Our own torch.export first: given a module, torch.onnx relaxes the named dims (and falls back to
+        # strict export, then draft_export), so where the model pins a size it still writes a graph, one
+        # that fails or is wrong at other sizes (seen: onnxruntime GatherND "invalid index" at 512x512 for
+        # an Iwin graph traced at 97x131). Here such a model raises torch.export's constraint error.
+        program = export_program(model, height, width, dynamic)
+        onnx_program = torch.onnx.export(
+            program, program.example_inputs[0], dynamo=True, opset_version=opset, verbose=False,
             input_names=["image"], output_names=["logits"], external_data=False,
-            dynamic_shapes=_dynamic_shapes(dynamic))
-        program.save(str(path))
+            dynamic_shapes=_dynamic_shapes(dynamic))  # names the free dims batch / height / width
+    partial = path.with_name(f".{path.name}.partial")  # atomic: never a truncated .onnx at `path`
+    try:
+        onnx_program.save(str(partial))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path

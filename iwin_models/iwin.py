@@ -22,7 +22,6 @@ what TorchScript, FX, ``torch.compile``, ``torch.export`` and ONNX record. On ea
 embedding and the block hand the call to their fast twins in ``iwin_models.layers.iwin_cpu``
 (same outputs to round-off), as ``iwin_models.layers.config.fast_path`` decides.
 """
-from __future__ import annotations
 
 import contextlib
 import os

@@ -222,3 +222,26 @@ def test_onnx_example_gives_the_labels_of_segment(dynamic_onnx, mini, tmp_path):
     assert got.shape == expected.shape == (427, 640)
     agreement = (got == expected).mean()
     assert agreement >= 0.999, f"labels agree on {agreement:.4%} of the pixels"
+
+
+class _PinsTheWidth(torch.nn.Module):
+    """A model whose forward branches on the input width: no graph can serve every width."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * 2 if x.shape[-1] == W else self.conv(x)
+
+
+def test_dynamic_export_refuses_a_model_that_pins_a_size(tmp_path):
+    """Raises instead of writing a graph that is wrong at other sizes (torch.onnx.export given the module
+    itself writes one: it relaxes the named dims and bakes the width in)."""
+    pytest.importorskip("onnxscript", reason="ONNX export needs the onnx extra (onnx, onnxscript)")
+    path = tmp_path / "pinned.onnx"
+    with pytest.raises(Exception, match=r"(?i)constraints violated|specializ"):
+        export_onnx(_PinsTheWidth(), path, H, W, dynamic=True)
+    assert not path.exists()
+    with pytest.raises(Exception, match=r"(?i)constraints violated|specializ"):
+        export_program(_PinsTheWidth(), H, W, dynamic=True)
