@@ -9,7 +9,7 @@ Each case is one ``iwin-seg predict`` of a synthetic photo (smooth gradients and
 Iwin-T UPerNet, fp32 on the CPU, its weights a random checkpoint in the authors' mmseg layout
 (``tests/_official.py``; no network). The command runs in a worker process (``iwin_models.cli.main``, as
 the console script) under ``/usr/bin/time -f %M``: peak RSS of the whole command (decoding, model,
-inference, PNG writing). The baseline is the code before issue #13 (``git show <rev>:iwin_models/inference.py``
+inference, PNG writing). The baseline is the code before issue #13 (``git show d92dce3:iwin_models/inference.py``
 loaded as a module, and the decoder's concatenation it had) run in the same way, where its peak fits
 (``--baseline-max-gb``; the issue measured 19.8 GB at 12 MP, more for the rest).
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -34,17 +35,19 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MODEL = "iwin_tiny_upernet_ade20k"
+BEFORE = "d92dce3"  # the last commit before issue #13's banded inference
 
-# name: (width, height, extra options, the baseline's peak RSS in GB as issue #13 measured it or estimates)
+# name: (width, height, extra options, the baseline's peak RSS in GB: as issue #13 measured it, or estimated)
 CASES = {
     "683x512": (683, 512, [], 1.75),
     "683x512-aug": (683, 512, ["--aug"], 5.5),
     "3MP": (2000, 1500, [], 6.4),
     "12MP": (4000, 3000, [], 19.8),
-    "24MP": (6000, 4000, [], 40.0),
-    "12MP-aug": (4000, 3000, ["--aug"], 50.0),
-    "10000-slide": (10000, 10000, ["--slide", "--scale", "10000", "10000"], 60.0),
+    "24MP": (6000, 4000, [], 40.0),  # twice the 12 MP figure
+    "12MP-aug": (4000, 3000, ["--aug"], 50.0),  # the issue's estimate
+    "10000-slide": (10000, 10000, ["--slide", "--scale", "10000", "10000"], 60.0),  # 150 x 10^8 floats
 }
+MEASURED_IN_ISSUE = {"683x512", "683x512-aug", "3MP", "12MP"}
 TARGETS_GB = {"12MP": 2.5, "24MP": 2.5, "12MP-aug": 4.0, "10000-slide": 4.0}
 
 
@@ -90,8 +93,8 @@ def baseline_module(rev: str) -> types.ModuleType:
     """``iwin_models/inference.py`` as of ``rev``, importable (its relative imports made absolute)."""
     source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:iwin_models/inference.py"],
                             capture_output=True, text=True, check=True).stdout
-    source = source.replace("from . import ade20k", "from iwin_models import ade20k").replace(
-        "from .segmenter import", "from iwin_models.segmenter import")
+    source = re.sub(r"^(\s*)from \.(\w*) import", lambda m: f"{m[1]}from iwin_models{'.' if m[2] else ''}{m[2]} import",
+                    source, flags=re.M)
     module = types.ModuleType("iwin_inference_baseline")
     module.__file__ = str(REPO / "iwin_models" / "inference.py")
     exec(compile(source, f"{rev}:iwin_models/inference.py", "exec"), module.__dict__)
@@ -208,24 +211,31 @@ def time_ade_size(work: Path, checkpoint: Path, rev: str, reps: int) -> dict:
 
 
 def table(results: list[dict], ade: dict | None) -> str:
-    rows = ["| input | options | peak RSS before | peak RSS after | target | command time after |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| input | options | peak RSS before | peak RSS after | target | time before | time after |",
+            "|---|---|---|---|---|---|---|"]
     by = {(r["which"], r["case"]): r for r in results}
+
+    def rss(r):
+        return f"{r['peak_rss_gb']:.2f} GB" if r and "peak_rss_gb" in r else "failed"
+
+    def seconds(r):
+        return f"{r['command_seconds']:.0f} s" if r and "command_seconds" in r else ""
+
     for name, (w, h, extra, issue_gb) in CASES.items():
-        new = by.get(("new", name))
+        new, old = by.get(("new", name)), by.get(("baseline", name))
         if new is None:
             continue
-        old = by.get(("baseline", name))
-        before = f"{old['peak_rss_gb']:.2f} GB" if old and "peak_rss_gb" in old else f"not run (issue: ~{issue_gb:g} GB)"
-        after = f"{new['peak_rss_gb']:.2f} GB" if "peak_rss_gb" in new else "failed"
+        source = "issue #13" if name in MEASURED_IN_ISSUE else "estimate"
+        before = rss(old) if old else f"not run ({source}: {issue_gb:g} GB)"
         target = f"<= {TARGETS_GB[name]:g} GB" if name in TARGETS_GB else ""
-        seconds = f"{new.get('command_seconds', float('nan')):.0f} s"
-        rows.append(f"| {w}x{h} | {' '.join(extra) or 'whole'} | {before} | {after} | {target} | {seconds} |")
+        rows.append(f"| {w}x{h} | {' '.join(extra) or 'whole'} | {before} | {rss(new)} | {target} | {seconds(old)} "
+                    f"| {seconds(new)} |")
     slide = by.get(("new", "10000-slide"))
     if slide and slide.get("forwards"):
         f = slide["forwards"]
         rows.append(f"\n10000x10000 --slide: inference {slide['predict_seconds']:.0f} s, its {f['passes']} crops' "
-                    f"forward passes {f['seconds']:.0f} s: {slide['predict_seconds'] / f['seconds']:.3f}x (target <= 1.1x)")
+                    f"forward passes {f['seconds']:.0f} s: {slide['predict_seconds'] / f['seconds']:.3f}x "
+                    f"(target <= 1.1x)")
     if ade:
         rows.append(f"\n683x512 whole, segment(): {ade['new_s']:.2f} s vs {ade['baseline_s']:.2f} s before: "
                     f"{ade['ratio']:.3f}x (target <= 1.02x; medians of {ade['reps']}, alternating; "
@@ -240,7 +250,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="/tmp/iwin_bench_memory", help="photos, checkpoint and outputs")
     p.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
-    p.add_argument("--baseline-rev", default="HEAD", help="git revision of the code before (default: HEAD)")
+    p.add_argument("--baseline-rev", default=BEFORE, help="git revision of the code before (default: %(default)s)")
     p.add_argument("--baseline-max-gb", type=float, default=16.0, help="run the baseline where its peak fits")
     p.add_argument("--reps", type=int, default=5, help="alternating repetitions of the 683x512 timing (0: skip)")
     p.add_argument("--json", help="write every figure here")
@@ -248,12 +258,14 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     checkpoint = make_checkpoint(work)
+    ade = time_ade_size(work, checkpoint, args.baseline_rev, args.reps) if args.reps else None
+    if ade:
+        print(f"    683x512 timing: {json.dumps(ade)}", flush=True)
     results = []
     for name in args.cases.split(","):
         results.append(measure("new", name, work, checkpoint, args.baseline_rev))
         if CASES[name][3] <= args.baseline_max_gb:
             results.append(measure("baseline", name, work, checkpoint, args.baseline_rev))
-    ade = time_ade_size(work, checkpoint, args.baseline_rev, args.reps) if args.reps else None
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     text = table(results, ade)

@@ -44,9 +44,14 @@ SAMPLE_IMAGE = Path(__file__).with_name("assets") / "sample.jpg"
 TEST_SCALE = (2048, 512)
 AUG_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 SLIDE_CROP, SLIDE_STRIDE = 512, 341
-# Output rows per band: about this many bytes per band tensor (C x rows x width float32). A few such
-# tensors live at a time; 64 MB keeps a 12 MP photo at ~26 rows a band and an ADE20K image at 1-2 bands.
-BAND_BYTES = 64 * 2 ** 20
+# Output rows per band: about this many bytes per band tensor (C x rows x width float32); up to seven such
+# buffers live, kept from band to band (see _Workspace). Fewer, larger operations matter on a busy CPU
+# (each one hands work to the other threads: on 2 shared cores, ~8 ms median for a 1.6 MB operation,
+# 0.5 ms alone), so 128 MB: a 12 MP photo in bands of ~50 rows.
+BAND_BYTES = 128 * 2 ** 20
+# Rows sharing their two source rows are computed together (two operations a run, no copies); with this
+# many runs or more in a band the rows are gathered instead (four operations, two more copies).
+_RUNS = 4
 
 
 # --- the protocol's pieces ------------------------------------------------------------------------
@@ -184,30 +189,84 @@ def _row_weights(in_size: int, out_size: int) -> tuple[torch.Tensor, ...]:
     return torch.from_numpy(i0), torch.from_numpy(i1), torch.from_numpy(np.float32(1) - w1), torch.from_numpy(w1)
 
 
-def _resize_width(t: torch.Tensor, width: int) -> torch.Tensor:
-    if t.shape[-1] == width:
-        return t
-    n, c, r, _ = t.shape
-    return F.interpolate(t.reshape(n, c * r, -1), size=width, mode="linear", align_corners=False).view(n, c, r, width)
+def _rows_first(logits: torch.Tensor) -> torch.Tensor:
+    """(1, C, H, W) logits as (H, C, W), the layout of the bands: a row is one contiguous block, so
+    resizing, slicing and accumulating rows are plain vectorised loops."""
+    return logits[0].transpose(0, 1).contiguous()
+
+
+def _channels_first(rows: torch.Tensor) -> torch.Tensor:
+    """(R, C, W) rows as (1, C, R, W), the layout the definition's softmax runs on."""
+    return rows.transpose(0, 1).contiguous()[None]
+
+
+def _resize_width(rows: torch.Tensor, width: int) -> torch.Tensor:
+    """(R, C, w) rows resized to (R, C, width): the column half of the bilinear resize."""
+    if rows.shape[-1] == width:
+        return rows
+    r, c, _ = rows.shape
+    return F.interpolate(rows.reshape(1, r * c, -1), size=width, mode="linear", align_corners=False).view(r, c, width)
+
+
+def _rows_of(t: torch.Tensor) -> Callable[[int, int], torch.Tensor]:
+    """The ``source`` of :func:`_resize_rows` for rows at hand."""
+    return lambda a, b: t[a:b]
+
+
+class _Workspace:
+    """Band-sized buffers kept from band to band. PyTorch's CPU allocator hands big blocks back to the
+    system, and a fresh 260 MB tensor costs ~5x the arithmetic written into it in page faults (index_select
+    into a fresh tensor 122 ms, into a kept one 20 ms)."""
+
+    def __init__(self):
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str | None, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        if name is None:
+            return like.new_empty(shape)
+        n = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < n or buffer.device != like.device or buffer.dtype != like.dtype:
+            buffer = self._buffers[name] = like.new_empty(n)
+        return buffer[:n].view(shape)
+
+
+_FRESH = _Workspace()  # get(None, ...): a new tensor
 
 
 def _resize_rows(source: Callable[[int, int], torch.Tensor], in_size: Sequence[int], out_size: Sequence[int],
-                 start: int, stop: int) -> torch.Tensor:
-    """Rows ``start:stop`` of ``F.interpolate(src, out_size, mode="bilinear", align_corners=False)``,
-    reading only the rows of ``src`` they need: ``source(first, last)`` is ``src[:, :, first:last]``."""
+                 start: int, stop: int, flip: bool = False, ws: _Workspace = _FRESH,
+                 name: str | None = None) -> torch.Tensor:
+    """Rows ``start:stop`` of ``F.interpolate(src, out_size, mode="bilinear", align_corners=False)`` as
+    (R, C, W) (mirrored with ``flip``), reading only the rows of ``src`` they need: ``source(first, last)``
+    gives its rows ``first:last`` as (rows, C, w). The result is the buffer ``name`` of ``ws``, if given."""
     (in_h, in_w), (out_h, out_w) = in_size, out_size
-    if (in_h, in_w) == (out_h, out_w):
-        return source(start, stop)
-    if (start, stop) == (0, out_h) or out_h + out_w <= 128:
-        # all rows, or an output so small that PyTorch takes its channels-last kernel: the definition itself
-        return F.interpolate(source(0, in_h), size=(out_h, out_w), mode="bilinear", align_corners=False)[:, :, start:stop]
-    if in_h == out_h:
-        return _resize_width(source(start, stop), out_w)
+    if (in_h, in_w) == (out_h, out_w) or (start, stop) == (0, out_h) or out_h + out_w <= 128 or in_h == out_h:
+        if (in_h, in_w) == (out_h, out_w):
+            rows = source(start, stop)
+        elif in_h == out_h and out_h + out_w > 128:
+            rows = _resize_width(source(start, stop), out_w)
+        else:  # all rows, or an output so small that PyTorch takes its channels-last kernel: the definition
+            whole = F.interpolate(_channels_first(source(0, in_h)), size=out_size, mode="bilinear", align_corners=False)
+            rows = _rows_first(whole[:, :, start:stop])
+        return rows.flip(-1) if flip else rows
     i0, i1, w0, w1 = (t[start:stop] for t in _row_weights(in_h, out_h))
     first = int(i0[0])
     band = _resize_width(source(first, int(i1[-1]) + 1), out_w)  # PyTorch's order: columns, then rows
-    i0, i1, w0, w1 = (t.to(band.device) for t in (i0 - first, i1 - first, w0.view(-1, 1), w1.view(-1, 1)))
-    return torch.addcmul(band.index_select(2, i1).mul_(w1), band.index_select(2, i0), w0)  # one fused multiply-add
+    band = band.flip(-1) if flip else band  # the rows' weights are alike in every column: flip commutes
+    w0, w1 = (w.to(band.device).view(-1, 1, 1) for w in (w0, w1))
+    out = ws.get(name, (stop - start, *band.shape[1:]), band)
+    # PyTorch's kernel: x0 * w0 + (x1 * w1) as one fused multiply-add, which addcmul is
+    change = np.flatnonzero(np.diff(i0.numpy())) + 1
+    if len(change) >= _RUNS:  # many runs: gather the rows (4 operations, each over the whole band)
+        i0, i1 = (i.to(band.device) - first for i in (i0, i1))
+        above = ws.get(name and name + ".above", out.shape, band)
+        return torch.index_select(band, 0, i1, out=out).mul_(w1).addcmul_(torch.index_select(band, 0, i0, out=above),
+                                                                          w0)
+    for a, b in zip([0, *change], [*change, stop - start]):  # the output rows that read the same two rows
+        r0, r1 = int(i0[a]) - first, int(i1[a]) - first
+        torch.mul(band[r1], w1[a:b], out=out[a:b]).addcmul_(band[r0], w0[a:b])
+    return out
 
 
 class _Pass:
@@ -217,7 +276,9 @@ class _Pass:
     size: tuple[int, int]  # the model's input size at this scale
     num_classes: int
 
-    def rows(self, start: int, stop: int) -> torch.Tensor:
+    def rows(self, start: int, stop: int, ws: _Workspace = _FRESH) -> torch.Tensor:
+        """Rows ``start:stop`` of the logits at the input size, (R, C, W), possibly in a buffer of ``ws``
+        (valid until the next call)."""
         raise NotImplementedError
 
 
@@ -226,12 +287,12 @@ class _WholePass(_Pass):
 
     def __init__(self, model, x: torch.Tensor, flip: bool, dtype):
         self.size, self.flip = tuple(x.shape[-2:]), flip
-        self.low = _low_res_logits(model, x.flip(-1) if flip else x, dtype)
-        self.num_classes = self.low.shape[1]
+        low = _low_res_logits(model, x.flip(-1) if flip else x, dtype)
+        self.low_size, self.num_classes = tuple(low.shape[-2:]), low.shape[1]
+        self.low = _rows_first(low)
 
-    def rows(self, start: int, stop: int) -> torch.Tensor:
-        out = _resize_rows(lambda a, b: self.low[:, :, a:b], self.low.shape[-2:], self.size, start, stop)
-        return out.flip(-1) if self.flip else out
+    def rows(self, start: int, stop: int, ws: _Workspace = _FRESH) -> torch.Tensor:
+        return _resize_rows(_rows_of(self.low), self.low_size, self.size, start, stop, self.flip, ws, "pass")
 
 
 class _SlidePass(_Pass):
@@ -244,38 +305,41 @@ class _SlidePass(_Pass):
     def __init__(self, model, crop: Callable[[int, int, int, int], torch.Tensor], size, flip: bool, dtype):
         self.model, self.crop, self.size, self.flip, self.dtype = model, crop, tuple(size), flip, dtype
         self.row_spans, self.col_spans = _slide_boxes(*self.size)
-        self.cache: dict[int, list[torch.Tensor]] = {}
+        self.cache: dict[int, list[tuple[tuple[int, int], torch.Tensor]]] = {}
         # crops per pixel: the crops are a grid, so the count is (crops per row) x (crops per column)
         self.row_count, self.col_count = (_coverage(spans, n) for spans, n in zip((self.row_spans, self.col_spans),
                                                                                    self.size))
-        self.num_classes = self._crop_row(0)[0].shape[1]
+        self.num_classes = self._crop_row(0)[0][1].shape[1]
 
-    def _crop_row(self, r: int) -> list[torch.Tensor]:
+    def _crop_row(self, r: int) -> list[tuple[tuple[int, int], torch.Tensor]]:
+        """(size, rows-first stride-4 logits) of each crop of row ``r``."""
         if r not in self.cache:
             y1, y2 = self.row_spans[r]
-            self.cache[r] = [_low_res_logits(self.model, self._flipped(self.crop(y1, x1, y2, x2)), self.dtype)
-                             for x1, x2 in self.col_spans]
+            self.cache[r] = []
+            for x1, x2 in self.col_spans:
+                low = _low_res_logits(self.model, self._flipped(self.crop(y1, x1, y2, x2)), self.dtype)
+                self.cache[r].append((tuple(low.shape[-2:]), _rows_first(low)))
         return self.cache[r]
 
     def _flipped(self, x: torch.Tensor) -> torch.Tensor:
         return x.flip(-1) if self.flip else x
 
-    def rows(self, start: int, stop: int) -> torch.Tensor:
+    def rows(self, start: int, stop: int, ws: _Workspace = _FRESH) -> torch.Tensor:
         total = None
         for r, (y1, y2) in enumerate(self.row_spans):  # crops in the definition's order: row by row
             if y2 <= start or y1 >= stop:
                 continue
             lo, hi = max(y1, start), min(y2, stop)
-            for (x1, x2), low in zip(self.col_spans, self._crop_row(r)):
-                part = self._flipped(_resize_rows(lambda a, b: low[:, :, a:b], low.shape[-2:], (y2 - y1, x2 - x1),
-                                                  lo - y1, hi - y1))
+            for (x1, x2), (low_size, low) in zip(self.col_spans, self._crop_row(r)):
+                part = _resize_rows(_rows_of(low), low_size, (y2 - y1, x2 - x1), lo - y1, hi - y1, self.flip, ws,
+                                    "crop")
                 if total is None:
-                    total = part.new_zeros((1, part.shape[1], stop - start, self.size[1]))
-                total[:, :, lo - start:hi - start, x1:x2] += part
+                    total = ws.get("pass", (stop - start, part.shape[1], self.size[1]), part).zero_()
+                total[lo - start:hi - start, :, x1:x2] += part
         for r in [r for r in self.cache if self.row_spans[r][1] <= start]:  # the bands have passed them
             del self.cache[r]
-        count = self.row_count[start:stop, None] * self.col_count[None, :]
-        return total / count.to(total.device)
+        count = self.row_count[start:stop, None, None] * self.col_count
+        return total.div_(count.to(total.device))
 
 
 def _coverage(spans: list[tuple[int, int]], size: int) -> torch.Tensor:
@@ -310,9 +374,25 @@ def _band_rows(num_classes: int, out_size: tuple[int, int], passes: list[_Pass],
     return min(max(rows, quantum), out_h)
 
 
-def _output_rows(p: _Pass, start: int, stop: int, out_size: tuple[int, int]) -> torch.Tensor:
-    """Rows of the pass's logits resized to the original size (the definition's last resize)."""
-    return _resize_rows(p.rows, p.size, out_size, start, stop)
+def _output_rows(p: _Pass, start: int, stop: int, out_size: tuple[int, int], ws: _Workspace) -> torch.Tensor:
+    """Rows of the pass's logits resized to the original size (the definition's last resize), (R, C, W)."""
+    return _resize_rows(lambda a, b: p.rows(a, b, ws), p.size, out_size, start, stop, ws=ws, name="out")
+
+
+def _averaged_scores(groups: list[list[_Pass]], start: int, stop: int, out_size: tuple[int, int],
+                     ws: _Workspace) -> torch.Tensor:
+    """The definition's softmax scores of rows ``start:stop``, averaged over the passes: (C, R, W)."""
+    probs = pair = None
+    for g, group in enumerate(groups):  # the definition's order of sums: mirror pairs, then scales
+        for i, p in enumerate(group):
+            rows = _output_rows(p, start, stop, out_size, ws)
+            logits = ws.get("logits", (1, rows.shape[1], rows.shape[0], rows.shape[2]), rows)
+            logits[0].copy_(rows.transpose(0, 1))  # softmax on (1, C, R, W) as the definition's: bitwise alike
+            into = ws.get(("probs" if g == 0 else "pair") if i == 0 else "softmax", logits.shape, logits)
+            scores = torch.ops.aten._softmax.out(logits, 1, False, out=into)
+            pair = scores if i == 0 else pair.add_(scores)
+        probs = pair if g == 0 else probs.add_(pair)
+    return probs.div_(sum(len(group) for group in groups))[0]
 
 
 def _resolve_bands(groups: list[list[_Pass]], out_size: tuple[int, int], band_rows: int | None,
@@ -324,22 +404,16 @@ def _resolve_bands(groups: list[list[_Pass]], out_size: tuple[int, int], band_ro
         rows = out_size[0]
     labels = np.empty(out_size, dtype=labels_dtype)
     scores = np.empty(out_size, dtype=np.float32) if confidence else None
+    ws = _Workspace()
     for start in range(0, out_size[0], rows):
         stop = min(start + rows, out_size[0])
         if len(passes) == 1 and not confidence:  # softmax keeps the order: argmax of the logits
-            labels[start:stop] = _output_rows(passes[0], start, stop, out_size)[0].argmax(0).cpu().numpy()
+            labels[start:stop] = _output_rows(passes[0], start, stop, out_size, ws).max(1).indices.cpu().numpy()
             continue
-        probs = None
-        for group in groups:  # the definition's order of sums: mirror pairs, then scales
-            pair = None
-            for p in group:
-                s = _output_rows(p, start, stop, out_size).softmax(dim=1)
-                pair = s if pair is None else pair.add_(s)
-            probs = pair if probs is None else probs.add_(pair)
-        probs = probs.div_(len(passes))[0]
-        labels[start:stop] = probs.argmax(0).cpu().numpy()
+        best = _averaged_scores(groups, start, stop, out_size, ws).max(0)  # the first of equal ones, as argmax
+        labels[start:stop] = best.indices.cpu().numpy()
         if confidence:
-            scores[start:stop] = probs.amax(0).cpu().numpy()
+            scores[start:stop] = best.values.cpu().numpy()
     return labels, scores
 
 

@@ -62,10 +62,11 @@ RESIZES = [  # (in_h, in_w, out_h, out_w): up, down, odd, equal heights or width
 def test_rows_of_a_resize_are_bitwise_f_interpolate(in_h, in_w, out_h, out_w):
     src = torch.randn(1, 5, in_h, in_w, generator=torch.Generator().manual_seed(in_h * in_w)) * 10
     ref = F.interpolate(src, size=(out_h, out_w), mode="bilinear", align_corners=False)
+    rows_first = inference._rows_first(src)  # (H, C, W): the bands' layout
     for rows in (1, 2, 7, out_h - 1, out_h):
-        bands = [inference._resize_rows(lambda a, b: src[:, :, a:b], (in_h, in_w), (out_h, out_w), s,
+        bands = [inference._resize_rows(lambda a, b: rows_first[a:b], (in_h, in_w), (out_h, out_w), s,
                                         min(s + rows, out_h)) for s in range(0, out_h, max(rows, 1))]
-        assert torch.equal(torch.cat(bands, dim=2), ref), rows
+        assert torch.equal(inference._channels_first(torch.cat(bands)), ref), rows
 
 
 # --- banded == plain ----------------------------------------------------------------------------------
@@ -163,7 +164,8 @@ def test_the_tracker_sees_the_full_resolution_scores(model):
     assert _largest(lambda: predict(model, image, scale=(64, 48), band_rows=8)) < CLASSES * 120 * 160 // 4
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(aug=True), dict(return_confidence=True)], ids=["whole", "aug", "confidence"])
+@pytest.mark.parametrize("kw", [dict(), dict(aug=True), dict(return_confidence=True)],
+                         ids=["whole", "aug", "confidence"])
 def test_large_photo_never_holds_full_resolution_scores(model, kw, monkeypatch):
     """C x H x W would be 72 M floats (288 MB); the largest tensor is a band (bands of 8 MB here)."""
     monkeypatch.setattr(inference, "BAND_BYTES", 8 * 2 ** 20)
@@ -174,10 +176,10 @@ def test_large_photo_never_holds_full_resolution_scores(model, kw, monkeypatch):
     assert largest <= band and 30 * band < CLASSES * h * w, largest
 
 
-@pytest.mark.xfail(strict=False, reason="#13 in progress: the native-scale slide accumulator is not banded yet")
 def test_native_slide_never_holds_an_accumulator_over_the_image(model, small_windows):
     h, w = 300, 200  # 7 x 4 crops of 64
-    largest = _largest(lambda: predict(model, _rgb(h, w), scale=(600, 600), slide=True, band_rows=8))
+    assert inference._rescale_size(h, w, (300, 300)) == (h, w)  # at its own size
+    largest = _largest(lambda: predict(model, _rgb(h, w), scale=(300, 300), slide=True, band_rows=8))
     assert largest < CLASSES * h * w // 10, largest  # a band of rows, or two rows of crops at stride 4
 
 
