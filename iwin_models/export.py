@@ -9,6 +9,7 @@ has to be fixed at export); ``height`` and ``width`` then only size the example 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-__all__ = ["export_onnx", "export_program"]
+__all__ = ["export_onnx", "export_program", "dynamic_tracing"]
 
 
 class _LogitsOnly(nn.Module):
@@ -69,10 +70,29 @@ def export_program(model: nn.Module, height: int = 512, width: int = 512,
     """
     model = model.eval()
     x = _example_for(model, height, width, dynamic)
-    return torch.export.export(_LogitsOnly(model), (x,), dynamic_shapes=_dynamic_shapes(dynamic), strict=False)
+    with dynamic_tracing(dynamic):
+        program = torch.export.export(_LogitsOnly(model), (x,), dynamic_shapes=_dynamic_shapes(dynamic), strict=False)
+    if dynamic and program._guards_code:  # a condition the graph checks on each call: not every size runs
+        raise RuntimeError(f"the exported graph is specialized: it only runs where {program._guards_code} holds")
+    return program
 
 
-def export_onnx(model: nn.Module, path: str | Path, height: int = 512, width: int = 512, opset: int = 17,
+def dynamic_tracing(dynamic: bool = True):
+    """The tracing mode for graphs that serve every size (a context manager; a no-op if not ``dynamic``).
+
+    A symbolic size that is 1 in the example input makes the tracer decide, for each view, broadcast and
+    layout, whether that dimension is 1, and bake the answer in as a guard: Iwin's window grids have
+    size 1 at the last stages of a small example (97x131: 1x1 windows of 7x7 at stride 32), so the
+    graph would only serve inputs with such a grid. ``backed_size_oblivious`` traces every size as a
+    general one (>= 2) instead; the ops then take their general form, which is also right for 1.
+    """
+    if not dynamic:
+        return contextlib.nullcontext()
+    from torch.fx.experimental import _config as shapes_config
+    return shapes_config.patch(backed_size_oblivious=True)
+
+
+def export_onnx(model: nn.Module, path: str | Path, height: int = 512, width: int = 512, opset: int = 18,
                 dynamic: bool = False) -> Path:
     """Write ``model`` (eval mode) as ONNX: input ``image`` (1, C, height, width) -> ``logits``.
 

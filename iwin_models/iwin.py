@@ -40,7 +40,7 @@ from timm.models import (
     register_model,
     resolve_pretrained_cfg,
 )
-from timm.models._features import feature_take_indices
+from timm.models._features import FeatureGetterNet, feature_take_indices
 
 from .checkpoint import CheckpointError, cached_path_for_url, check_state_dict_fits, unwrap_state_dict
 from .convert import convert_official_backbone
@@ -595,6 +595,17 @@ def checkpoint_filter_fn(state_dict: dict, model: IwinTransformer) -> dict[str, 
 
 
 
+class IwinFeatures(FeatureGetterNet):
+    """timm's ``features_only`` getter with its forward typed ``List[Tensor]``: the base class returns
+    ``forward_intermediates``' Union, which TorchScript will not let smp's encoder iterate."""
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:  # noqa: UP006
+        features = self.model.forward_intermediates(
+            x, indices=self.out_indices, norm=self.norm, output_fmt=self.output_fmt, intermediates_only=True)
+        assert isinstance(features, list)  # (intermediates_only=True; TorchScript narrows the Union by it)
+        return features
+
+
 def _create_iwin(variant: str, pretrained: bool = False, **kwargs) -> IwinTransformer:
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     device, dtype = kwargs.pop('device', None), kwargs.pop('dtype', None)
@@ -606,7 +617,7 @@ def _create_iwin(variant: str, pretrained: bool = False, **kwargs) -> IwinTransf
             model = build_model_with_cfg(
                 IwinTransformer, variant, pretrained,
                 pretrained_filter_fn=checkpoint_filter_fn,
-                feature_cfg=dict(feature_cls='getter', out_indices=out_indices),
+                feature_cfg=dict(feature_cls=IwinFeatures, out_indices=out_indices),
                 **kwargs)
         return model.to(dtype) if dtype is not None else model
     except CheckpointError:

@@ -37,6 +37,7 @@ from . import iwin as _iwin  # noqa: F401  (registers the timm models used as en
 from .checkpoint import CheckpointError, check_state_dict_fits, load_url, read_checkpoint
 from .convert import convert_mmseg_upernet
 from .layers.config import fast_path, is_traced
+from .layers.pool import AdaptiveAvgPool2d
 
 __all__ = [
     "IwinUPerNet", "create_segmenter", "load_segmenter_weights", "SEGMENTERS", "SegmenterWeights",
@@ -75,7 +76,17 @@ class UPerNetDecoderChannelsLast(UPerNetDecoder):
       512-channel maps and their concatenation held ~1.1 GB of the decoder's ~1.3 GB.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for block in self.psp.blocks:  # the PSP pools, recorded by tracers in a form ONNX keeps size-free
+            block[0] = AdaptiveAvgPool2d(block[0].output_size)
+
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        if is_traced():
+            # NCHW copies of the channels-last views: a tracer infers a convolution's memory format from
+            # the strides, and for a channels-last input that test guards on the batch size (batch 1
+            # would need another graph)
+            features = [f.clone(memory_format=torch.contiguous_format) for f in features]
         if not fast_path(features[-1], None, "channels_last_decoder"):
             return super().forward(list(features))
         features = [norm(f) for norm, f in zip(self.feature_norms, features[2:])]

@@ -364,12 +364,12 @@ def test_export_passes_its_options_to_the_library(ws, tmp_path, monkeypatch, cap
     monkeypatch.setattr(export, "export_program", fake_program)
     monkeypatch.setattr(torch.export, "save", lambda program, path: Path(path).write_bytes(b"pt2"))
     assert cli.main(["export", "--model", str(ws["five"]), "--onnx", str(tmp_path / "m.onnx"), "--program",
-                     str(tmp_path / "sub" / "m.pt2"), "--height", "97", "--width", "131", "--opset", "18",
+                     str(tmp_path / "sub" / "m.pt2"), "--height", "97", "--width", "131", "--opset", "17",
                      "--dynamic"]) == 0
-    assert calls == [("onnx", "IwinUPerNet", False, "m.onnx", 97, 131, 18, True), ("program", 97, 131, True)]
+    assert calls == [("onnx", "IwinUPerNet", False, "m.onnx", 97, 131, 17, True), ("program", 97, 131, True)]
     out = capsys.readouterr().out
     assert "input 'image' Nx3xHxW" in out and (tmp_path / "sub" / "m.pt2").read_bytes() == b"pt2"
     calls.clear()
     assert cli.main(["export", "--model", str(ws["five"]), "--onnx", str(tmp_path / "m.onnx")]) == 0
-    assert calls == [("onnx", "IwinUPerNet", False, "m.onnx", 512, 512, 17, False)]
+    assert calls == [("onnx", "IwinUPerNet", False, "m.onnx", 512, 512, 18, False)]
     assert "input 'image' 1x3x512x512" in capsys.readouterr().out

@@ -15,14 +15,11 @@ import torch
 from conftest import MINI, REPO, _fixtures_dir
 
 from iwin_models.cli import main as cli_main
-from iwin_models.export import export_onnx, export_program
+from iwin_models.export import dynamic_tracing, export_onnx, export_program
 from iwin_models.segmenter import IwinUPerNet, load_segmenter_weights
 
 H, W = 97, 131
 DYNAMIC_SIZES = [(1, 512, 512), (1, 500, 683), (1, 333, 1024), (2, H, W)]  # (batch, height, width)
-# Until the iwin.py rewrite lands, tracing the model pins sizes (guards such as 57 <= H <= 112 from a
-# size-1 window-grid axis in deinterleave_windows): no dynamic export, and torch.compile recompiles.
-LEAD_FIX = pytest.mark.xfail(strict=True, reason="#12: fixed by the iwin.py rewrite")
 
 
 def _mini() -> IwinUPerNet:
@@ -141,7 +138,6 @@ def dynamic_program(mini):
     return export_program(mini, H, W, dynamic=True)
 
 
-@LEAD_FIX
 def test_dynamic_onnx_has_free_batch_height_width(dynamic_onnx):
     import onnx
 
@@ -152,7 +148,6 @@ def test_dynamic_onnx_has_free_batch_height_width(dynamic_onnx):
     assert dims == [["batch", 3, "height", "width"], ["batch", 150, "height", "width"]]
 
 
-@LEAD_FIX
 @pytest.mark.parametrize("batch, height, width", DYNAMIC_SIZES, ids=[f"{b}x{h}x{w}" for b, h, w in DYNAMIC_SIZES])
 def test_dynamic_onnx_equals_pytorch(dynamic_session, mini, batch, height, width):
     x = _input(batch, height, width)
@@ -163,7 +158,6 @@ def test_dynamic_onnx_equals_pytorch(dynamic_session, mini, batch, height, width
     assert _relative_error(torch.from_numpy(got), expected) <= 1e-4
 
 
-@LEAD_FIX
 @pytest.mark.parametrize("batch, height, width", DYNAMIC_SIZES, ids=[f"{b}x{h}x{w}" for b, h, w in DYNAMIC_SIZES])
 def test_dynamic_program_equals_eager(dynamic_program, mini, batch, height, width):
     x = _input(batch, height, width)
@@ -174,7 +168,22 @@ def test_dynamic_program_equals_eager(dynamic_program, mini, batch, height, widt
     assert _relative_error(got, expected) <= 1e-4
 
 
-@LEAD_FIX
+TINY_SIZES = [(1, 20, 9), (3, 1, 1)]  # every window grid 1x1 and every map smaller than a window
+
+
+@pytest.mark.parametrize("batch, height, width", TINY_SIZES, ids=[f"{b}x{h}x{w}" for b, h, w in TINY_SIZES])
+def test_dynamic_graphs_serve_maps_smaller_than_a_window(dynamic_program, dynamic_session, mini, batch, height,
+                                                         width):
+    """The graphs traced at 97x131 have no lower bound on the size (no guard, free dims from 1)."""
+    x = _input(batch, height, width)
+    (onnx_logits,) = dynamic_session.run(["logits"], {"image": x.numpy()})
+    with torch.no_grad():
+        got, expected = dynamic_program.module()(x), mini(x)
+    assert dynamic_program._guards_code == []
+    assert _relative_error(got, expected) <= 1e-4
+    assert _relative_error(torch.from_numpy(onnx_logits), expected) <= 1e-4
+
+
 def test_torch_compile_dynamic_three_sizes_one_compilation(mini):
     """Three sizes, one compilation: dynamo hands the backend a graph only when it (re)compiles.
 
@@ -192,13 +201,12 @@ def test_torch_compile_dynamic_three_sizes_one_compilation(mini):
     counts = []
     for height, width in [(H, W), (128, 96), (75, 150)]:  # batch 1: dynamo specialises sizes 0 and 1
         x = _input(1, height, width)
-        with torch.no_grad():
+        with torch.no_grad(), dynamic_tracing():  # the window grids of 97x131 are 1 at stride 32
             torch.testing.assert_close(compiled(x), mini(x), atol=1e-5, rtol=1e-5)
         counts.append(len(graphs))
     assert counts == [1, 1, 1], f"graphs compiled after each size: {counts} (more than 1: a graph break or recompile)"
 
 
-@LEAD_FIX
 def test_onnx_example_gives_the_labels_of_segment(dynamic_onnx, mini, tmp_path):
     """examples/onnx_inference.py (onnxruntime, numpy, PIL: run with torch made unimportable) on the
     sample image labels >= 99.9% of its pixels as ``segment()`` does."""

@@ -329,3 +329,28 @@ def test_linear_rejects_a_wrong_width_like_torch():
     with pytest.raises(RuntimeError, match="cannot be multiplied"):
         linear(x, w)
     torch.testing.assert_close(linear(x[..., :64], w.t().contiguous().t()), F.linear(x[..., :64], w))
+
+
+# --- the pooling that exports size-free (layers/pool.py) ----------------------------------------------
+
+@pytest.mark.parametrize("output_size", [2, 3, 6, (2, 5)])
+@pytest.mark.parametrize("hw", [(1, 1), (5, 7), (16, 16), (13, 29)])
+def test_pool_with_averaging_matrices_equals_adaptive_avg_pool(output_size, hw):
+    from iwin_models.layers.pool import adaptive_avg_pool2d_as_matmul
+
+    x = torch.randn(2, 4, *hw, generator=torch.Generator().manual_seed(hw[0] * hw[1]))
+    x = x.contiguous(memory_format=torch.channels_last)  # Iwin's features are channels-last views
+    torch.testing.assert_close(adaptive_avg_pool2d_as_matmul(x, output_size), F.adaptive_avg_pool2d(x, output_size),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_pool_is_recorded_without_adaptive_pooling_by_tracers():
+    """Eager: PyTorch's kernel; torch.export: the averaging matrices (ONNX would fix GatherND indices)."""
+    from iwin_models.layers.pool import AdaptiveAvgPool2d
+
+    pool, x = AdaptiveAvgPool2d(3), torch.randn(2, 4, 10, 11)
+    assert torch.equal(pool(x), F.adaptive_avg_pool2d(x, 3))
+    program = torch.export.export(pool, (x,))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not any("adaptive" in t for t in targets), targets
+    torch.testing.assert_close(program.module()(x), pool(x))

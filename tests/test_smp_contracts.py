@@ -31,10 +31,6 @@ SMALL = dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
 ARCHS = ["unet", "fpn", "deeplabv3", "deeplabv3plus", "segformer", "upernet"]
 STRIDES = [1, 2, 4, 8, 16, 32]  # smp's feature strides: input, (empty) 1/2 map, then Iwin's four stages
 H = W = 64  # smp's test size
-# TorchScript of smp's encoder fails today in timm's FeatureGetterNet (Iwin's features_only wrapper): its
-# forward returns forward_intermediates' Union[List[Tensor], Tuple[Tensor, List[Tensor]]], which smp's
-# encoder iterates ("object is not iterable"; tu-convnext_atto with feature_cls='getter' fails alike).
-LEAD_FIX = pytest.mark.xfail(strict=True, reason="#12: fixed by the iwin.py rewrite")
 
 
 def _sample(batch: int = 2, channels: int = 3, height: int = H, width: int = W) -> torch.Tensor:
@@ -139,7 +135,6 @@ def test_encoder_torch_export_strict(encoder):
         _assert_features_close(program.module()(x), encoder(x))
 
 
-@LEAD_FIX
 def test_encoder_torchscript(encoder):
     scripted = torch.jit.script(encoder)
     x = _sample()
@@ -231,7 +226,6 @@ def test_model_torch_export_strict(model):
         torch.testing.assert_close(program.module()(x), m(x), rtol=eps, atol=eps)
 
 
-@LEAD_FIX
 def test_model_torchscript(model):
     arch, m = model
     scripted = torch.jit.script(m)

@@ -7,6 +7,7 @@ the user's back: pass ``--weights`` with the official ``.pth`` (or a converted f
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .common import add_model_arguments, resolve_model
@@ -20,7 +21,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--program", metavar="OUT.pt2", help="write a torch.export program (torch.export.save)")
     parser.add_argument("--height", type=int, default=512, help="input height (default: %(default)s)")
     parser.add_argument("--width", type=int, default=512, help="input width (default: %(default)s)")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
     parser.add_argument("--dynamic", action="store_true",
                         help="free batch, height and width in the graph (--height/--width only size the "
                              "example input); default: a graph for that one size")
@@ -40,7 +41,13 @@ def run(args) -> int:
         print(f"wrote {path} (input 'image' {size}, output 'logits')")
     if args.program:
         program = export_program(model, args.height, args.width, dynamic=args.dynamic)
-        Path(args.program).parent.mkdir(parents=True, exist_ok=True)
-        torch.export.save(program, args.program)
+        path = Path(args.program)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")  # atomic, as the ONNX file
+        try:
+            torch.export.save(program, str(partial))
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
         print(f"wrote {args.program} (torch.export, input {size})")
     return 0
