@@ -666,7 +666,8 @@ def _cfg(url: str, resolution: int = 224, **kwargs) -> dict:
         'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.proj',
         'classifier': 'head.fc',
-        'license': 'mit',
+        # the authors' model card: MIT for research use, commercial use by agreement with them
+        'license': 'other',
         'paper_ids': 'arXiv:2507.18405',
         'paper_name': 'Iwin Transformer: Hierarchical Vision Transformer using Interleaved Windows',
         'origin_url': 'https://github.com/Cominder/Iwin-Transformer',

@@ -330,7 +330,9 @@ def test_pretrained_cfg(name):
     arch, tag = name.split(".")
     assert cfg.url.startswith(RELEASE)
     file = cfg.url[len(RELEASE):]
-    assert cfg.license == "mit"
+    from iwin_models.segmenter import AUTHORS_TERMS
+
+    assert cfg.license == AUTHORS_TERMS.hub_license == "other"  # research MIT, commercial by agreement
     assert cfg.paper_ids
     assert cfg.first_conv == "patch_embed.proj"
     assert cfg.classifier == "head.fc"
