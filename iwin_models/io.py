@@ -21,7 +21,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["load_image", "read_image_file", "image_size", "ImageTooLargeError", "MAX_IMAGE_PIXELS"]
+__all__ = ["load_image", "read_image_file", "image_size", "ImageTooLargeError", "MAX_IMAGE_PIXELS", "NEW_FILE_MODE"]
+
+# The mode open() gives a new file (0o666 less the umask). Atomic writes go through tempfile.mkstemp,
+# whose files are 0o600, so a renamed output would be unreadable to the group and others; they chmod
+# the temporary file to this. Read once at import: os.umask can only be read by setting it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+NEW_FILE_MODE = 0o666 & ~_UMASK
 
 T = TypeVar("T")
 MAX_IMAGE_PIXELS: int | None = int(os.environ.get("IWIN_MAX_IMAGE_PIXELS") or 2 ** 30) or None  # 0: no limit

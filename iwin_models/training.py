@@ -49,6 +49,7 @@ import torch.nn.functional as F
 
 from .ade20k import IGNORE_INDEX
 from .distributed import gather, init_distributed, world
+from .io import NEW_FILE_MODE
 
 __all__ = [
     "param_groups", "build_optimizer", "lr_factor", "build_scheduler", "InfiniteSampler", "SeededDataset",
@@ -214,6 +215,7 @@ def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, NEW_FILE_MODE)  # as torch.save(path) would make it, not mkstemp's 0o600
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()

@@ -136,3 +136,18 @@ def test_torchrun_splits_the_images_and_writes_what_one_process_writes(folder, m
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     lines = [line for line in two.stdout.splitlines() if " -> " in line]
     assert len(lines) == 4, "each image segmented by one process"
+
+
+def test_atomic_outputs_get_the_mode_open_would_give(tmp_path):
+    """mkstemp makes 0o600 files; a renamed PNG or checkpoint must be readable as a plain write's is."""
+    from PIL import Image
+
+    from iwin_models.cli.predict import save_atomic
+    from iwin_models.training import save_checkpoint
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    save_atomic(Image.new("L", (2, 2)), tmp_path / "labels.png")
+    save_checkpoint({"step": 1}, tmp_path / "last.pth")
+    for name in ("labels.png", "last.pth"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

@@ -66,8 +66,11 @@ def outputs(out: Path, image: Path) -> tuple[Path, Path]:
 
 def save_atomic(picture, path: Path) -> None:
     """``picture.save(path)`` as a PNG, through a temporary file in the same folder and a rename."""
+    from ..io import NEW_FILE_MODE
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, NEW_FILE_MODE)  # a PNG as open() would make it, not mkstemp's 0o600
     try:
         picture.save(tmp, format="PNG")
         os.replace(tmp, path)
