@@ -72,8 +72,9 @@ def export_program(model: nn.Module, height: int = 512, width: int = 512,
     x = _example_for(model, height, width, dynamic)
     with dynamic_tracing(dynamic):
         program = torch.export.export(_LogitsOnly(model), (x,), dynamic_shapes=_dynamic_shapes(dynamic), strict=False)
-    if dynamic and program._guards_code:  # a condition the graph checks on each call: not every size runs
-        raise RuntimeError(f"the exported graph is specialized: it only runs where {program._guards_code} holds")
+    guards = getattr(program, "_guards_code", None)  # the conditions the graph checks on each call
+    if dynamic and guards:  # not every size runs
+        raise RuntimeError(f"the exported graph is specialized: it only runs where {guards} holds")
     return program
 
 
