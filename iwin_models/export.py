@@ -10,12 +10,13 @@ has to be fixed at export); ``height`` and ``width`` then only size the example 
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from .io import write_atomic
 
 __all__ = ["export_onnx", "export_program", "dynamic_tracing"]
 
@@ -121,10 +122,4 @@ def export_onnx(model: nn.Module, path: str | Path, height: int = 512, width: in
             program, program.example_inputs[0], dynamo=True, opset_version=opset, verbose=False,
             input_names=["image"], output_names=["logits"], external_data=False,
             dynamic_shapes=_dynamic_shapes(dynamic))  # names the free dims batch / height / width
-    partial = path.with_name(f".{path.name}.partial")  # atomic: never a truncated .onnx at `path`
-    try:
-        onnx_program.save(str(partial))
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+    return write_atomic(path, onnx_program.save)  # never a truncated .onnx at `path`

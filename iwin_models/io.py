@@ -12,6 +12,7 @@ here, so 100-megapixel aerial and microscopy tiles load. Change it with the envi
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["load_image", "read_image_file", "image_size", "ImageTooLargeError", "MAX_IMAGE_PIXELS", "NEW_FILE_MODE"]
+__all__ = ["load_image", "read_image_file", "image_size", "ImageTooLargeError", "MAX_IMAGE_PIXELS", "NEW_FILE_MODE",
+           "write_atomic"]
 
 # The mode open() gives a new file (0o666 less the umask). Atomic writes go through tempfile.mkstemp,
 # whose files are 0o600, so a renamed output would be unreadable to the group and others; they chmod
@@ -38,6 +40,24 @@ _PIL_LIMIT = threading.Lock()  # PIL's limit is a module global: swap it for one
 
 class ImageTooLargeError(ValueError):
     """An image file larger than :data:`MAX_IMAGE_PIXELS` (raised before decoding)."""
+
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """``write(temporary path)``, then a rename over ``path``: a killed or failed write never leaves a
+    truncated file there. The temporary file sits in the same folder with the mode ``open()`` would give
+    it (``NEW_FILE_MODE``, not mkstemp's 0o600) and is removed on failure."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.chmod(tmp, NEW_FILE_MODE)
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def load_image(source, exif: bool = True) -> np.ndarray:

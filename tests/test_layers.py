@@ -336,11 +336,11 @@ def test_linear_rejects_a_wrong_width_like_torch():
 @pytest.mark.parametrize("output_size", [2, 3, 6, (2, 5)])
 @pytest.mark.parametrize("hw", [(1, 1), (5, 7), (16, 16), (13, 29)])
 def test_pool_with_averaging_matrices_equals_adaptive_avg_pool(output_size, hw):
-    from iwin_models.layers.pool import adaptive_avg_pool2d_as_matmul
+    from iwin_models.layers.pool import adaptive_avg_pool2d_by_averaging
 
     x = torch.randn(2, 4, *hw, generator=torch.Generator().manual_seed(hw[0] * hw[1]))
     x = x.contiguous(memory_format=torch.channels_last)  # Iwin's features are channels-last views
-    torch.testing.assert_close(adaptive_avg_pool2d_as_matmul(x, output_size), F.adaptive_avg_pool2d(x, output_size),
+    torch.testing.assert_close(adaptive_avg_pool2d_by_averaging(x, output_size), F.adaptive_avg_pool2d(x, output_size),
                                rtol=1e-6, atol=1e-6)
 
 

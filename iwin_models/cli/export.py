@@ -7,7 +7,6 @@ the user's back: pass ``--weights`` with the official ``.pth`` (or a converted f
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .common import add_model_arguments, resolve_model
@@ -31,6 +30,7 @@ def run(args) -> int:
     import torch
 
     from ..export import export_onnx, export_program
+    from ..io import write_atomic
 
     if not args.onnx and not args.program:
         raise ValueError("nothing to do: give --onnx OUT.onnx and/or --program OUT.pt2")
@@ -43,11 +43,6 @@ def run(args) -> int:
         program = export_program(model, args.height, args.width, dynamic=args.dynamic)
         path = Path(args.program)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")  # atomic, as the ONNX file
-        try:
-            torch.export.save(program, str(partial))
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        write_atomic(path, lambda tmp: torch.export.save(program, tmp))  # as the ONNX file
         print(f"wrote {args.program} (torch.export, input {size})")
     return 0

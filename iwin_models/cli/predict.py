@@ -9,9 +9,7 @@ renamed, so an interrupted run leaves no truncated PNG, and ``--skip-existing`` 
 """
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -66,17 +64,9 @@ def outputs(out: Path, image: Path) -> tuple[Path, Path]:
 
 def save_atomic(picture, path: Path) -> None:
     """``picture.save(path)`` as a PNG, through a temporary file in the same folder and a rename."""
-    from ..io import NEW_FILE_MODE
+    from ..io import write_atomic
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, NEW_FILE_MODE)  # a PNG as open() would make it, not mkstemp's 0o600
-    try:
-        picture.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 
 def _read(path: Path) -> tuple[np.ndarray | None, str | None]:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .config import is_traced
 
-__all__ = ["AdaptiveAvgPool2d", "adaptive_avg_pool2d_as_matmul"]
+__all__ = ["AdaptiveAvgPool2d", "adaptive_avg_pool2d_by_averaging"]
 
 
 def _averaging_matrix(in_size: int, out_size: int, like: torch.Tensor) -> torch.Tensor:
@@ -28,7 +28,7 @@ def _averaging_matrix(in_size: int, out_size: int, like: torch.Tensor) -> torch.
     return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)
 
 
-def adaptive_avg_pool2d_as_matmul(x: torch.Tensor, output_size: int | tuple[int, int]) -> torch.Tensor:
+def adaptive_avg_pool2d_by_averaging(x: torch.Tensor, output_size: int | tuple[int, int]) -> torch.Tensor:
     """``F.adaptive_avg_pool2d(x, output_size)`` for (N, C, H, W) with two averaging matrices."""
     oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
     rows = _averaging_matrix(x.shape[-2], oh, x)  # (oh, H)
@@ -45,5 +45,5 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
             if is_traced() and self.output_size not in (1, (1, 1)):  # a global mean exports as it is
-                return adaptive_avg_pool2d_as_matmul(x, self.output_size)
+                return adaptive_avg_pool2d_by_averaging(x, self.output_size)
         return F.adaptive_avg_pool2d(x, self.output_size)
