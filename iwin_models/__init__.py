@@ -8,6 +8,7 @@ from . import iwin  # noqa: F401  (registers the timm models)
 from .checkpoint import CheckpointError
 from .inference import segment
 from .iwin import IwinTransformer
+from .optimize import optimize_for_cpu, restore_plain
 from .segmenter import (
     IwinUPerNet,
     create_segmenter,
@@ -17,6 +18,6 @@ from .segmenter import (
 )
 
 __all__ = [
-    "IwinTransformer", "IwinUPerNet", "CheckpointError", "create_segmenter", "segment",
+    "IwinTransformer", "IwinUPerNet", "optimize_for_cpu", "restore_plain", "CheckpointError", "create_segmenter", "segment",
     "iwin_tiny_upernet_ade20k", "iwin_small_upernet_ade20k", "iwin_base_upernet_ade20k", "__version__",
 ]

@@ -9,7 +9,6 @@ has to be fixed at export); ``height`` and ``width`` then only size the example 
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
 from pathlib import Path
 
@@ -17,8 +16,9 @@ import torch
 import torch.nn as nn
 
 from .io import write_atomic
+from .layers.config import dynamic_tracing
 
-__all__ = ["export_onnx", "export_program", "dynamic_tracing"]
+__all__ = ["export_onnx", "export_program", "dynamic_tracing", "program_guards"]
 
 
 class _LogitsOnly(nn.Module):
@@ -62,6 +62,19 @@ def _example_for(model: nn.Module, height: int, width: int, dynamic: bool) -> to
     return _example(model, height, width, batch=2 if dynamic else 1)
 
 
+def program_guards(program: torch.export.ExportedProgram) -> list[str]:
+    """The conditions an exported program checks on its input sizes at each call (empty: every size runs).
+
+    torch documents no public form of them: they are the program's private ``_guards_code``. This is the one
+    place that reads it; if torch renames it, this raises (tests/test_export.py runs it) rather than letting
+    a one-size graph pass as a dynamic one.
+    """
+    if not hasattr(program, "_guards_code"):
+        raise RuntimeError("this torch's ExportedProgram has no _guards_code: cannot check that the exported graph "
+                           "serves every size (iwin_models.export.program_guards)")
+    return list(program._guards_code or [])
+
+
 def export_program(model: nn.Module, height: int = 512, width: int = 512,
                    dynamic: bool = False) -> torch.export.ExportedProgram:
     """``torch.export`` of ``model`` (eval mode); returns the program.
@@ -73,25 +86,10 @@ def export_program(model: nn.Module, height: int = 512, width: int = 512,
     x = _example_for(model, height, width, dynamic)
     with dynamic_tracing(dynamic):
         program = torch.export.export(_LogitsOnly(model), (x,), dynamic_shapes=_dynamic_shapes(dynamic), strict=False)
-    guards = getattr(program, "_guards_code", None)  # the conditions the graph checks on each call
+    guards = program_guards(program)
     if dynamic and guards:  # not every size runs
         raise RuntimeError(f"the exported graph is specialized: it only runs where {guards} holds")
     return program
-
-
-def dynamic_tracing(dynamic: bool = True):
-    """The tracing mode for graphs that serve every size (a context manager; a no-op if not ``dynamic``).
-
-    A symbolic size that is 1 in the example input makes the tracer decide, for each view, broadcast and
-    layout, whether that dimension is 1, and bake the answer in as a guard: Iwin's window grids have
-    size 1 at the last stages of a small example (97x131: 1x1 windows of 7x7 at stride 32), so the
-    graph would only serve inputs with such a grid. ``backed_size_oblivious`` traces every size as a
-    general one (>= 2) instead; the ops then take their general form, which is also right for 1.
-    """
-    if not dynamic:
-        return contextlib.nullcontext()
-    from torch.fx.experimental import _config as shapes_config
-    return shapes_config.patch(backed_size_oblivious=True)
 
 
 def export_onnx(model: nn.Module, path: str | Path, height: int = 512, width: int = 512, opset: int = 18,

@@ -17,10 +17,11 @@ reproduces their outputs to float32 round-off. Layout differences from the offic
 * the segmentation backbone's per-output norms ``norm0..3`` are ``stage_norms.{0..3}``, built when
   ``stage_norms=True`` (the default with ``features_only=True``).
 
-Every forward here is the definition (the official order of operations, padding included), and is
-what TorchScript, FX, ``torch.compile``, ``torch.export`` and ONNX record. On eager CPU, the patch
-embedding and the block hand the call to their fast twins in ``iwin_models.layers.iwin_cpu``
-(same outputs to round-off), as ``iwin_models.layers.config.fast_path`` decides.
+Every forward here is the definition (the official order of operations, padding included), whatever
+the device, tracer, hooks or dispatch mode: it is what TorchScript, FX, ``torch.compile``,
+``torch.export`` and ONNX record. The CPU speed-ups are one explicit conversion,
+``iwin_models.optimize_for_cpu(model)``, which puts the fast twins of ``iwin_models.layers.iwin_cpu`` in
+place of the patch embedding and the blocks (same outputs to float32 round-off).
 """
 
 import contextlib
@@ -44,8 +45,7 @@ from timm.models._features import FeatureGetterNet, feature_take_indices
 
 from .checkpoint import CheckpointError, cached_path_for_url, check_state_dict_fits, unwrap_state_dict
 from .convert import convert_official_backbone
-from .layers import iwin_cpu
-from .layers.config import fast_path, is_traced
+from .layers.config import is_dynamic_tracing
 from .layers.linear import linear, use_onednn_linears  # noqa: F401  (public here since 0.1)
 
 __all__ = [
@@ -168,7 +168,7 @@ class DepthwiseConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2)  # a channels-last view: the convolution reads it without a copy
         if not torch.jit.is_scripting():
-            if is_traced():
+            if is_dynamic_tracing():  # the export entry points' context: no batch guard in the graph
                 return conv2d_as_conv3d(self.depthwise, x).permute(0, 2, 3, 1)
         return self.depthwise(x).permute(0, 2, 3, 1)
 
@@ -201,9 +201,6 @@ class IwinBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            if fast_path(x, self):
-                return iwin_cpu.block_forward(self, x)
         y = self.norm1(x)
         mixed = self.attn(y, self.window_size)
         if self.dwconv is not None:
@@ -233,8 +230,8 @@ class Downsample(nn.Module):
         if self.stride == 2:
             x = F.pad(x, (0, 2, 0, 2))
         if not torch.jit.is_scripting():
-            if is_traced():
-                return conv2d_as_conv3d(self.conv, x).permute(0, 2, 3, 1)  # no batch guard
+            if is_dynamic_tracing():  # the export entry points' context: no batch guard in the graph
+                return conv2d_as_conv3d(self.conv, x).permute(0, 2, 3, 1)
         return self.conv(x).permute(0, 2, 3, 1)
 
 
@@ -248,9 +245,6 @@ class PatchEmbed(nn.Module):
         self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            if fast_path(x, self, "patch_matmul"):
-                return iwin_cpu.patch_embed_forward(self, x)
         p = self.patch_size
         # p - 1 zero rows and columns: the last patch reaches into them wherever the size is not a
         # multiple of p, and the output size is ceil(H / p) without a remainder for shape tracers
@@ -316,6 +310,10 @@ def _check_image_batch(x: torch.Tensor, in_chans: int):
             f"{tuple(x.shape)}); convert the images or build the model with in_chans={x.shape[1]}")
     if not x.is_floating_point():
         raise TypeError(f"Iwin expects a floating-point (normalised) image tensor, got dtype {x.dtype}")
+
+
+# FX records the check as one call (run by the traced module on real inputs) instead of tracing into it
+torch.fx.wrap("_check_image_batch")
 
 
 class IwinTransformer(nn.Module):
@@ -467,18 +465,17 @@ class IwinTransformer(nn.Module):
     def set_window_size(self, window_size: int):
         """Run with another interleaved-window size (the weights do not depend on it)."""
         self.window_size = window_size
-        for module in self.modules():
-            if isinstance(module, IwinBlock):
-                module.window_size = window_size
+        for stage in self.layers:
+            for block in stage.blocks:  # an IwinBlock, or its CPU twin
+                block.window_size = window_size
 
     @torch.jit.ignore
     def check_input(self, x: torch.Tensor):
         _check_image_batch(x, self.in_chans)
 
     def _check(self, x: torch.Tensor):
-        if not torch.jit.is_scripting():
-            if not is_traced():  # a graph recorder gets no data-dependent Python checks
-                self.check_input(x)
+        if not torch.jit.is_scripting():  # shape and dtype only: no data read, no device sync
+            self.check_input(x)
 
     def _stage_output(self, i: int, x: torch.Tensor, norm: bool) -> torch.Tensor:
         """Stage ``i``'s output feature: through its own norm (segmentation backbone), or the final norm."""

@@ -6,8 +6,6 @@ forward pass uses the golden mini configuration (``MINI``) or a tiny input.
 """
 from __future__ import annotations
 
-import contextlib
-
 import json
 import math
 import os
@@ -175,17 +173,22 @@ def golden_features(golden):
 @pytest.mark.parametrize("path", ["fast", "plain", "torch F.linear", "small chunks", "autograd"])
 @pytest.mark.parametrize("case", ["odd", "square"])
 def test_features_only_parity(golden_features, golden, case, path, monkeypatch):
-    """Every way through the blocks gives the official features: the CPU fast twins (oneDNN linears, or
+    """Every way through the blocks gives the official features: the converted model's CPU twins (oneDNN linears, or
     torch's ``F.linear``; inference in chunks of a few tokens or windows, hundreds per block here), the
     autograd path (never chunked) and the model file's plain definitional path."""
-    from iwin_models.layers import fast_paths, iwin_cpu
+    from iwin_models import optimize_for_cpu
+    from iwin_models.layers import iwin_cpu
 
     if path == "small chunks":
         monkeypatch.setattr(iwin_cpu, "_CHUNK_BYTES", 4096)
-    switches = {"plain": fast_paths(False), "torch F.linear": fast_paths(False, "onednn_linear")}
+    model = golden_features
+    if path != "plain":
+        exclude = ("onednn_linear",) if "F.linear" in path else ()
+        model = optimize_for_cpu(golden_features, inplace=False, exclude=exclude)
+        assert type(model.model.layers[0].blocks[0]) is iwin_cpu.CpuIwinBlock
     exp = golden["upernet"]
-    with torch.set_grad_enabled(path == "autograd"), switches.get(path, contextlib.nullcontext()):
-        feats = golden_features(exp[f"x_{case}"].requires_grad_(path == "autograd"))
+    with torch.set_grad_enabled(path == "autograd"):
+        feats = model(exp[f"x_{case}"].requires_grad_(path == "autograd"))
     assert isinstance(feats, list) and len(feats) == 4
     errs = [max_err(f.detach(), exp[f"features_{case}_{i}"]) for i, f in enumerate(feats)]
     print(f"\nfeatures_{case} ({path}): max abs errors " + ", ".join(f"{e:.2e}" for e in errs))

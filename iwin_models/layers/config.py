@@ -1,8 +1,10 @@
-"""Global switches for the CPU fast paths, and the one place that decides when they run.
+"""Global switches: which CPU fast twins ``optimize_for_cpu`` installs, and the dynamic-export context.
 
-Like ``timm.layers.config`` (``use_fused_attn``/``set_fused_attn``, ``TIMM_FUSED_ATTN``): each fast path
-has a name, a global switch and an environment variable read once at import. ``IWIN_FAST_PATH=0``
-turns every one off; ``IWIN_<NAME>=0`` (e.g. ``IWIN_ONEDNN_LINEAR=0``) one of them.
+Like ``timm.layers.config`` (``use_fused_attn``/``set_fused_attn``, ``TIMM_FUSED_ATTN``): each fast path has
+a name, a global switch and an environment variable read once at import. ``IWIN_FAST_PATH=0`` turns them
+all off (``segment()``, the ``iwin-seg`` commands and the benchmarks then run the plain model);
+``IWIN_<NAME>=0`` (e.g. ``IWIN_ONEDNN_LINEAR=0``) one of them. The switches are read when
+:func:`iwin_models.optimize_for_cpu` converts a model, never by a forward:
 
 * ``onednn_linear``: float32 CPU linear layers through oneDNN, ~2x MKL's rate on EPYC (``layers/linear.py``);
 * ``patch_matmul``: the 4x4 stride-4 patch convolution as one matmul on the patches (``layers/iwin_cpu.py``);
@@ -10,23 +12,21 @@ turns every one off; ``IWIN_<NAME>=0`` (e.g. ``IWIN_ONEDNN_LINEAR=0``) one of th
   padding is a large share, ``proj`` after the padding is dropped (``layers/interleave.py``);
 * ``chunked``: inference attention and MLP a few MB at a time, no big fresh buffers (``layers/iwin_cpu.py``);
 * ``inplace``: in-place GELU and residual adds written into fresh temporaries (``layers/iwin_cpu.py``);
-* ``channels_last_decoder``: the UPerNet decoder run channels-last end to end (``segmenter.py``).
+* ``channels_last_decoder``: the UPerNet decoder run channels-last end to end (``layers/upernet_cpu.py``).
 
 Each is exact up to float32 round-off.
 
-The model file keeps one definitional ``forward`` per module and asks :func:`fast_path` whether to
-hand the call to the fast twin. The plain path is what compilers, exporters, tracers (TorchScript,
-FX, ``torch.export``, ONNX), dispatch modes (the FLOP counter, fake tensors) and forward hooks see.
+:func:`dynamic_tracing` is the context of the export entry points (``iwin_models.export``): inside it the
+plain modules record the tracer-friendly forms of a few operations (the conv3d form of channels-last
+convolutions, the averaging-matrix pools) that a graph serving every input size needs.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 
-import torch
-import torch.nn as nn
-
-__all__ = ["FAST_PATHS", "use_fast_path", "set_fast_path", "fast_paths", "fast_path", "is_traced"]
+__all__ = ["FAST_PATHS", "use_fast_path", "set_fast_path", "fast_paths", "enabled_fast_paths", "dynamic_tracing",
+           "is_dynamic_tracing", "size_oblivious_tracing"]
 
 FAST_PATHS = ("onednn_linear", "patch_matmul", "skip_padding", "chunked", "inplace", "channels_last_decoder")
 
@@ -38,6 +38,7 @@ def _env_flag(name: str) -> bool:
 
 _ALL = _env_flag("IWIN_FAST_PATH")
 _ENABLED = {name: _env_flag(f"IWIN_{name.upper()}") for name in FAST_PATHS}
+_DYNAMIC_TRACING = False
 
 
 def _known(name: str) -> str:
@@ -72,40 +73,59 @@ def fast_paths(enabled: bool, *names: str):
             set_fast_path(value, n)
 
 
-def is_traced() -> bool:
-    """Whether a compiler, exporter or tracer is recording the graph (it then gets the plain path)."""
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return True
-    return torch.fx._symbolic_trace.is_fx_symbolic_tracing()  # torch.export is covered by is_compiling()
+def enabled_fast_paths(exclude=()) -> frozenset[str]:
+    """The fast paths switched on now, less ``exclude`` (what a conversion installs)."""
+    for name in exclude:
+        _known(name)
+    return frozenset(n for n in FAST_PATHS if use_fast_path(n) and n not in exclude)
 
 
-_OWN_LAYERS = ("torch.nn.", "timm.", "iwin_models.")
+def is_dynamic_tracing() -> bool:
+    """Whether an export entry point is recording a graph for every input size (see :func:`dynamic_tracing`)."""
+    return _DYNAMIC_TRACING
 
 
-def _observed_or_replaced(module: nn.Module | None) -> bool:
-    """A dispatch mode (FLOP counter, fake tensors, export) or a forward hook watches the plain ops, or a
-    submodule is not one of the layers the fast twin knows (a LoRA adapter, a quantised or user layer)."""
-    if torch._C._len_torch_dispatch_stack() > 0:
-        return True
-    if module is None:
-        return False
-    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
-        return True
-    for m in module.modules():
-        if m is not module and (m._forward_hooks or m._forward_pre_hooks):
-            return True
-        if not type(m).__module__.startswith(_OWN_LAYERS):
-            return True
-    return False
+@contextlib.contextmanager
+def dynamic_tracing(dynamic: bool = True):
+    """The tracing mode for graphs that serve every size (a no-op if not ``dynamic``).
 
-
-def fast_path(x: torch.Tensor, module: nn.Module | None = None, name: str | None = None) -> bool:
-    """Whether ``module``'s call on ``x`` may go to its fast twin.
-
-    Eager CPU only: GPUs have their own kernels and a caching allocator. Never while a graph is being
-    recorded or observed (see :func:`is_traced`, dispatch modes such as ``FlopCounterMode``), nor when
-    hooks sit on the submodules the fast twin would bypass (hook-based FLOP counters, feature hooks),
-    nor when one of them was swapped for a layer of another library or of the user's own.
+    * The plain modules record their tracer-friendly forms (:func:`is_dynamic_tracing`).
+    * A symbolic size that is 1 in the example input makes the tracer decide, for each view, broadcast and
+      layout, whether that dimension is 1, and bake the answer in as a guard: Iwin's window grids have size 1
+      at the last stages of a small example (97x131: 1x1 windows of 7x7 at stride 32), so the graph would
+      only serve inputs with such a grid. Size-oblivious tracing treats every size as a general one (>= 2);
+      the ops then take their general form, which is also right for 1 (:func:`size_oblivious_tracing`).
     """
-    return (use_fast_path(name) and isinstance(x, torch.Tensor) and x.device.type == "cpu"
-            and not is_traced() and not _observed_or_replaced(module))
+    global _DYNAMIC_TRACING
+    if not dynamic:
+        yield
+        return
+    previous, _DYNAMIC_TRACING = _DYNAMIC_TRACING, True
+    try:
+        with size_oblivious_tracing():
+            yield
+    finally:
+        _DYNAMIC_TRACING = previous
+
+
+def size_oblivious_tracing():
+    """torch's size-oblivious tracing (a context manager). torch documents no public switch for it: the flag
+    lives in the private ``torch.fx.experimental._config``; this is the one place the package reads it, and
+    tests/test_export.py fails with this message if torch moves it."""
+    try:
+        from torch.fx.experimental import _config as shapes_config
+    except ImportError:
+        shapes_config = None
+    if not hasattr(shapes_config, "backed_size_oblivious"):
+        raise RuntimeError("this torch has no torch.fx.experimental._config.backed_size_oblivious: dynamic export "
+                           "needs it (iwin_models.layers.config.size_oblivious_tracing)")
+    return shapes_config.patch(backed_size_oblivious=True)
+
+
+# TEMPORARY (removed before this change lands): the segmenter still imports these while it is split
+def is_traced() -> bool:
+    return is_dynamic_tracing()
+
+
+def fast_path(*args, **kwargs) -> bool:
+    return False

@@ -1,4 +1,4 @@
-"""Float32 CPU linear layers through oneDNN (switch ``onednn_linear``, ``IWIN_ONEDNN_LINEAR``).
+"""Float32 CPU linear layers through oneDNN (fast path ``onednn_linear``, ``IWIN_ONEDNN_LINEAR``).
 
 On CPU, torch sends ``F.linear`` to MKL's sgemm. On the AMD EPYC machines we benchmark on it reaches
 ~220 GFLOP/s on Iwin's shapes, while oneDNN's convolution kernels reach ~460-500 GFLOP/s on the same
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import set_fast_path, use_fast_path
+from .config import set_fast_path
 
 __all__ = ["linear", "use_onednn_linears"]
 
@@ -21,12 +21,12 @@ _ONEDNN_MIN_MACS = 1 << 22
 
 
 def use_onednn_linears(enabled: bool = True) -> bool:
-    """Switch the ``onednn_linear`` fast path on or off; returns the old setting."""
+    """Whether models converted from now on (``optimize_for_cpu``) get oneDNN linears; returns the old setting."""
     return set_fast_path(enabled, "onednn_linear")
 
 
 def _onednn_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (use_fast_path("onednn_linear") and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and x.shape[-1] == weight.shape[1]  # otherwise F.linear raises its shape error
             and x.numel() * weight.shape[0] >= _ONEDNN_MIN_MACS
             and not torch.is_autocast_enabled("cpu")  # torch's bfloat16 linear already runs on oneDNN
@@ -36,8 +36,8 @@ def _onednn_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, computed by oneDNN for large float32 CPU products.
 
-    Small products, other devices and dtypes, autocast, and oneDNN switched off get ``F.linear``.
-    Callers are fast paths, which compilers and tracers never reach (``layers.config.fast_path``).
+    Small products, other devices and dtypes, autocast, and oneDNN switched off in torch get ``F.linear``.
+    Callers are the CPU fast twins (eager only: tracers record the plain model).
     """
     if not _onednn_takes(x, weight):
         return F.linear(x, weight, bias)

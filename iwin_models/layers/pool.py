@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import is_traced
+from .config import is_dynamic_tracing
 
 __all__ = ["AdaptiveAvgPool2d", "adaptive_avg_pool2d_by_averaging"]
 
@@ -40,10 +40,11 @@ def adaptive_avg_pool2d_by_averaging(x: torch.Tensor, output_size: int | tuple[i
 
 
 class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
-    """``nn.AdaptiveAvgPool2d`` (no parameters, same state dict) that tracers record with averaging matrices."""
+    """``nn.AdaptiveAvgPool2d`` (no parameters, same state dict) that the export entry points record with
+    averaging matrices (inside ``dynamic_tracing()``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            if is_traced() and self.output_size not in (1, (1, 1)):  # a global mean exports as it is
+            if is_dynamic_tracing() and self.output_size not in (1, (1, 1)):  # a global mean exports as it is
                 return adaptive_avg_pool2d_by_averaging(x, self.output_size)
         return F.adaptive_avg_pool2d(x, self.output_size)

@@ -6,8 +6,9 @@ saves and loads plain checkpoints). Only ``forward`` differs: the same result to
 computed with CPU kernels and memory tricks the definition does not use. Which tricks, is decided once,
 at conversion (``fast_paths``), never per call. ``to_plain()`` gives the plain module back.
 
-A twin's forward is written for eager execution: tracers and compilers get a clear error that names the
-plain model, which is what they should record (``iwin_models.restore_plain(model)``).
+A twin's forward is written for eager execution: ``torch.compile`` runs it eagerly between graphs, and
+the tools that must record it (FX, TorchScript, ``torch.jit.trace``, ``torch.export``, ONNX) get a clear
+error that names the plain model, which is what they should record (``iwin_models.restore_plain(model)``).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-__all__ = ["CpuTwin", "refuse_tracing", "bypassed_problems"]
+__all__ = ["CpuTwin", "eager_only", "refuse_tracing", "bypassed_problems"]
 
 _TRACE_ADVICE = ("a model converted by iwin_models.optimize_for_cpu runs eagerly only; trace, script, compile or "
                  "export the plain model instead: iwin_models.restore_plain(model) gives it back (same weights)")
@@ -28,13 +29,23 @@ def refuse_tracing(x) -> None:
         raise RuntimeError(_TRACE_ADVICE)
 
 
-def bypassed_problems(owner: str, modules: dict[str, nn.Module | None], kind: type) -> list[str]:
-    """Why the twin cannot stand in for ``owner``: a submodule it computes from its weights directly (so its
-    ``forward`` would not run) is not exactly ``kind`` or carries hooks that would no longer fire."""
+def eager_only(forward):
+    """A twin's ``forward``: ``torch.compile`` runs it eagerly (a graph break: the compiled model still gives
+    the right result), and ``fullgraph=True`` reports why it cannot (torch >= 2.8 shows ``reason``)."""
+    try:
+        return torch.compiler.disable(forward, reason=_TRACE_ADVICE)
+    except TypeError:  # an older torch without ``reason``
+        return torch.compiler.disable(forward)
+
+
+def bypassed_problems(owner: str, modules: dict[str, nn.Module | None], kind: type | None = None) -> list[str]:
+    """Why the twin cannot stand in for ``owner``: a submodule whose ``forward`` it does not call (it computes
+    from the weights directly) is not exactly ``kind`` (None: any type will do) or carries hooks that would
+    no longer fire."""
     problems = []
     for name, module in modules.items():
         where = f"{owner}.{name}" if owner else name
-        if type(module) is not kind:
+        if kind is not None and type(module) is not kind:
             problems.append(f"{where} is a {type(module).__module__}.{type(module).__qualname__}, "
                             f"not {kind.__module__}.{kind.__qualname__}")
         elif module._forward_hooks or module._forward_pre_hooks:
