@@ -35,27 +35,29 @@ def test_backbone_runs_under_fake_tensors_on_a_fake_gpu():
 
 @pytest.mark.parametrize("train", [False, True])
 def test_segmenter_runs_under_fake_tensors_on_a_fake_gpu(train):
-    """No NaN check, no .item(), no host synchronisation: a data-dependent step would raise here."""
+    """No NaN check, no .item(), no host synchronisation: a data-dependent step would raise here. (Training
+    mode runs the forward only: autograd's engine wants a real CUDA device for the backward.)"""
     mode, model, x = _fake_cuda(lambda: IwinUPerNet("iwin_tiny", encoder_kwargs=MINI, classes=5))
     model.train(train)
-    with mode:
+    with mode, torch.set_grad_enabled(train):
         logits, aux = model(x, return_aux=True)
-        if train:
-            (logits.sum() + aux.sum()).backward()
     assert logits.shape == aux.shape == (2, 5, 97, 131) and logits.device.type == "cuda"
 
 
 def test_forward_hooks_on_any_submodule_fire():
+    """A hook on any layer with weights fires (the plain forward never computes from a layer's weights
+    behind its back); the auxiliary head runs with ``return_aux`` only, and a features-only backbone does
+    not use its final norm and classifier."""
     model = IwinUPerNet("iwin_tiny", encoder_kwargs=MINI, classes=5).eval()
     seen = []
-    names = [n for n, m in model.named_modules() if n and not list(m.children())]  # every leaf
+    names = [n for n, m in model.named_modules() if not list(m.children()) and list(m.parameters())]
     for name in names:
         model.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: seen.append(name))
     with torch.no_grad():
         model(torch.randn(1, 3, 97, 131))
-    unseen = set(names) - set(seen)
-    # dropouts and identities are called too; the auxiliary head only with return_aux
-    assert unseen == {n for n in names if n.startswith("auxiliary_head.")}, sorted(unseen)[:5]
+    unused = ("auxiliary_head.", "encoder.model.model.norm", "encoder.model.model.head.")
+    assert "encoder.model.model.layers.0.blocks.0.attn.qkv" in seen and "decoder.fusion_block.0" in seen
+    assert set(names) - set(seen) == {n for n in names if n.startswith(unused)}, sorted(set(names) - set(seen))[:5]
 
 
 def test_no_twin_is_built_and_no_onednn_kernel_runs_by_default():
