@@ -27,9 +27,12 @@ _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, 
           nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 
 
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
 def _module_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
     x = inputs[0]
-    if isinstance(module, nn.modules.conv._ConvNd):
+    if isinstance(module, _CONVS):
         positions = output.shape[0] * math.prod(output.shape[2:])
         per_position = math.prod(module.kernel_size) * module.in_channels * module.out_channels // module.groups
         return per_position * positions + (module.out_channels * positions if module.bias is not None else 0)
