@@ -253,3 +253,21 @@ def test_dynamic_export_refuses_a_model_that_pins_a_size(tmp_path):
     assert not path.exists()
     with pytest.raises(Exception, match=r"(?i)constraints violated|specializ"):
         export_program(_PinsTheWidth(), H, W, dynamic=True)
+
+
+def test_program_guards_reads_the_guards_and_says_where_torch_moved_them(mini):
+    """The one use of the program's private guards: real programs have them; a program without them is an
+    error that names the function, never a dynamic graph taken on trust."""
+    from iwin_models.export import program_guards
+
+    program = export_program(mini, 64, 96, dynamic=True)
+    assert program_guards(program) == []
+    fixed = torch.export.export(torch.nn.Conv2d(3, 3, 3), (torch.randn(1, 3, 8, 8),),
+                                dynamic_shapes=({2: torch.export.Dim("h", min=4)},))
+    assert isinstance(program_guards(fixed), list)
+
+    class Moved:  # what a torch that renamed the field would hand us
+        pass
+
+    with pytest.raises(RuntimeError, match="program_guards"):
+        program_guards(Moved())
