@@ -2,23 +2,26 @@
 
 Every ``torch.load`` here uses ``weights_only=True``: a weights file never runs code. The authors'
 files are plain ``{'model': state_dict}`` (ImageNet) or mmseg 0.x ``{'meta': ..., 'state_dict': ...}``
-(ADE20K), both readable that way. Their key names are mapped to ours in :mod:`iwin_models.convert`;
-this module knows no model and imports none.
+(ADE20K), both readable that way. Their key names are mapped to ours in :mod:`iwin_models.convert`,
+which a model reaches through its ``checkpoint_filter_fn`` (timm's name): this module knows no model
+class and imports none, so :func:`load_segmenter_weights` loads into the model it is handed.
 """
 from __future__ import annotations
 
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+import torch.nn as nn
 
 __all__ = [
     "CheckpointError", "check_state_dict_fits", "unwrap_state_dict", "read_checkpoint", "cached_path_for_url",
-    "load_url",
+    "load_url", "load_segmenter_weights",
 ]
 
 
@@ -176,3 +179,57 @@ def check_state_dict_fits(state_dict: dict, model_state: dict, model_name: str, 
     lines.append(f"  {hint}")
     raise CheckpointError("\n".join(lines))
 
+
+
+# --- segmenters -------------------------------------------------------------------------------------
+
+_CLASSIFIERS = ("segmentation_head.conv_seg.", "auxiliary_head.conv_seg.")
+
+
+def _segmenter_state_dict(checkpoint: dict, filter_fn=None) -> tuple[dict, dict]:
+    """(state dict, meta) from an mmseg checkpoint, one of ours, or a bare dict; ``filter_fn`` maps the state
+    dict to the model's names (``IwinUPerNet.checkpoint_filter_fn``)."""
+    checkpoint = dict(checkpoint)
+    meta = checkpoint.pop("meta", None) or {}
+    metadata = checkpoint.pop("__metadata__", None)  # safetensors
+    sd = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(sd, dict) or not sd:
+        raise CheckpointError("not a segmenter checkpoint: no state_dict")
+    if filter_fn is not None:
+        sd = filter_fn(sd)
+    if metadata:
+        meta = {**meta, **metadata}
+    return sd, meta
+
+
+def load_segmenter_weights(model: nn.Module, checkpoint: dict | str) -> nn.Module:
+    """Load an official mmseg checkpoint (or one of ours) into an ``IwinUPerNet`` with strict semantics.
+
+    ``checkpoint`` is a loaded dict, a path (.pth or .safetensors) or a URL. Every tensor must be
+    used and every model tensor provided, except the classifiers when the class count differs
+    (they are then re-initialised, with a warning) and the auxiliary head when the model has none.
+    The checkpoint's class names and palette (``meta``) are kept on the model.
+    """
+    if isinstance(checkpoint, str):
+        checkpoint = load_url(checkpoint) if "://" in checkpoint else read_checkpoint(checkpoint)
+    sd, meta = _segmenter_state_dict(checkpoint, model.checkpoint_filter_fn)
+    if model.auxiliary_head is None:
+        sd = {k: v for k, v in sd.items() if not k.startswith("auxiliary_head.")}
+    classifier = sd.get("segmentation_head.conv_seg.weight")
+    ckpt_classes = classifier.shape[0] if classifier is not None else None
+    reinit = ckpt_classes != model.num_classes
+    if ckpt_classes is not None and reinit:
+        warnings.warn(
+            f"the checkpoint has {ckpt_classes} classes and the model {model.num_classes}: its body is loaded and "
+            f"the classifiers are re-initialised (train them before use)", stacklevel=2)
+        sd = {k: v for k, v in sd.items() if not k.startswith(_CLASSIFIERS)}
+        meta = {}
+    check_state_dict_fits(sd, model.state_dict(), model.name, skip=_CLASSIFIERS if reinit else (),
+                          hint="it was probably made for another Iwin variant (tiny/small/base) or decoder width")
+    model.load_state_dict(sd, strict=not reinit)
+
+    names = meta.get("CLASSES")
+    if names is not None and len(names) == model.num_classes:
+        palette = meta.get("PALETTE")
+        model.set_class_info(names, palette if palette is not None else model.palette)
+    return model

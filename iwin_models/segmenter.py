@@ -12,6 +12,10 @@ Where smp's defaults differ from what the checkpoints were trained with, we foll
 * smp's ``SegmentationHead`` upsamples by a fixed x4 with align_corners True; ours resizes to the
   exact input size with align_corners False;
 * smp requires inputs divisible by 32; Iwin pads internally, so any size is accepted.
+
+Every forward here is the definition, on any device and under any tracer. The CPU fast twin of the
+decoder is in :mod:`iwin_models.layers.upernet_cpu` (``iwin_models.optimize_for_cpu`` puts it in place);
+the weights registry is :mod:`iwin_models.weights`, checkpoint loading :mod:`iwin_models.checkpoint`.
 """
 from __future__ import annotations
 
@@ -31,9 +35,12 @@ from segmentation_models_pytorch.encoders import get_encoder
 from torch.utils.checkpoint import checkpoint
 
 from . import iwin as _iwin  # noqa: F401  (registers the timm models used as encoders)
-from .checkpoint import CheckpointError, check_state_dict_fits, load_url, read_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    load_segmenter_weights,  # noqa: F401  (re-exported: its home before 0.2)
+)
 from .convert import convert_mmseg_upernet
-from .layers.config import fast_path, is_traced
+from .layers.config import is_dynamic_tracing
 from .layers.pool import AdaptiveAvgPool2d
 from .weights import (  # noqa: F401  (re-exported: their home before 0.2)
     ADE20K_PROTOCOL,
@@ -48,11 +55,13 @@ from .weights import (  # noqa: F401  (re-exported: their home before 0.2)
 )
 
 __all__ = [
-    "IwinUPerNet", "create_segmenter", "load_segmenter_weights", "SEGMENTERS", "SegmenterWeights",
-    "EvalProtocol", "WeightsTerms", "segmenter_table", "model_card_kwargs",
+    "IwinUPerNet", "IwinUPerNetDecoder", "create_segmenter", "load_segmenter_weights", "register_with_smp",
+    "SEGMENTERS", "SegmenterWeights", "EvalProtocol", "WeightsTerms", "segmenter_table", "model_card_kwargs",
     "iwin_tiny_upernet_ade20k", "iwin_small_upernet_ade20k", "iwin_base_upernet_ade20k",
 ]
 
+
+# --- BatchNorm helpers ---------------------------------------------------------------------------
 
 class PoolSafeBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm that normalises a lone value per channel with the running statistics.
@@ -67,104 +76,17 @@ class PoolSafeBatchNorm2d(nn.BatchNorm2d):
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0., self.eps)
         return super().forward(x)
 
-
-class UPerNetDecoderChannelsLast(UPerNetDecoder):
-    """smp's ``UPerNetDecoder`` (same modules, same state dict), with a fast twin for eager CPU runs.
-
-    The plain path is smp's ``forward``. The fast twin (switch ``channels_last_decoder`` of
-    :mod:`iwin_models.layers.config`) differs in two ways, each exact up to round-off (tested):
-
-    * channels-last throughout: Iwin's features are channels-last views of NHWC maps; the PSP branch
-      (1x1 pooled maps) returns NCHW, which would turn every later map NCHW too. One small conversion
-      of the PSP output keeps the whole decoder channels-last, the layout oneDNN's convolutions and the
-      bilinear kernels run fastest;
-    * at inference, no stride-4 concatenation: the fusion conv over the four concatenated maps equals
-      the sum of its four channel groups' convs over each map, so each map is resized, convolved and
-      released in turn. At the 1.75x scale of ``--aug`` on a 4:3 photo (896x1195) the four resized
-      512-channel maps and their concatenation held ~1.1 GB of the decoder's ~1.3 GB.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for block in self.psp.blocks:  # the PSP pools, recorded by tracers in a form ONNX keeps size-free
-            block[0] = AdaptiveAvgPool2d(block[0].output_size)
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        if is_traced():
-            # NCHW copies of the channels-last views: a tracer infers a convolution's memory format from
-            # the strides, and for a channels-last input that test guards on the batch size (batch 1
-            # would need another graph)
-            features = [f.clone(memory_format=torch.contiguous_format) for f in features]
-        if not fast_path(features[-1], None, "channels_last_decoder"):
-            return super().forward(list(features))
-        features = [norm(f) for norm, f in zip(self.feature_norms, features[2:])]
-        maps = [self.psp(features[-1]).contiguous(memory_format=torch.channels_last)]  # stride 32
-        for block, lateral in zip(self.fpn_lateral_blocks, features[-2::-1]):  # strides 16, 8, 4
-            maps.append(block(maps[-1], lateral))
-        maps = maps[:1] + [conv(m) for conv, m in zip(self.fpn_conv_blocks, maps[1:])]
-        if not torch.is_grad_enabled() and self._fusion_is_plain():
-            return self._fuse_by_channel_groups(maps[::-1])
-        size = maps[-1].shape[2:]
-        # smp also resizes the stride-4 map to its own size: an exact copy, skipped here
-        resized = [m if m.shape[2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-                   for m in maps[::-1]]
-        return self.fusion_block(torch.cat(resized, dim=1))
-
-    def _fusion_is_plain(self) -> bool:
-        """The fusion block is smp's conv-BN-ReLU with no hooks (the channel-group twin bypasses its conv)."""
-        block = self.fusion_block
-        if not (isinstance(block, nn.Sequential) and len(block) == 3 and type(block[0]) is nn.Conv2d):
-            return False
-        return (block[0].groups == 1 and block[0].padding_mode == "zeros"
-                and not any(m._forward_hooks or m._forward_pre_hooks for m in (block, *block)))
-
-    def _fuse_by_channel_groups(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """``fusion_block(cat(resized maps))`` as ``act(norm(sum of group conv(resized map)))``, a map at a time."""
-        conv, norm, act = self.fusion_block
-        size = maps[0].shape[2:]
-        out, first = None, 0
-        for m in maps:
-            weight = conv.weight[:, first:first + m.shape[1]]
-            first += m.shape[1]
-            if m.shape[2:] != size:
-                m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-            y = F.conv2d(m, weight, None, conv.stride, conv.padding, conv.dilation)
-            out = y if out is None else out.add_(y)
-        if conv.bias is not None:
-            out = out + conv.bias.view(1, -1, 1, 1)
-        return act(norm(out))
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        _check_feature_map(input)
 
 
-def _resize(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    # NCHW out (the decoder runs channels-last): smp's losses and many users call .view on logits
-    return F.interpolate(logits.contiguous(), size=tuple(size), mode="bilinear", align_corners=False)
+def _check_feature_map(x: torch.Tensor) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"expected a 4D input (got {x.dim()}D input)")
 
 
-class ResizeToInputHead(nn.Module):
-    """Dropout, 1x1 classifier, bilinear resize (align_corners False) to the input size."""
-
-    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.1):
-        super().__init__()
-        self.dropout = nn.Dropout2d(dropout)  # mmseg's decode heads drop whole channels
-        self.conv_seg = nn.Conv2d(in_channels, num_classes, kernel_size=1)
-
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits at the resolution of ``x``."""
-        return self.conv_seg(self.dropout(x))
-
-    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        return _resize(self.classify(x), size)
-
-
-class FCNHead(ResizeToInputHead):
-    """mmseg's auxiliary ``FCNHead``: one 3x3 conv-BN-ReLU, dropout, 1x1 classifier, resize."""
-
-    def __init__(self, in_channels: int, num_classes: int, channels: int = 256, dropout: float = 0.1):
-        super().__init__(channels, num_classes, dropout)
-        self.convs = nn.Sequential(smp_modules.Conv2dReLU(in_channels, channels, kernel_size=3, padding=1))
-
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        return super().classify(self.convs(x))
+# torch.fx records nn.BatchNorm2d as one call, but traces into a subclass: the check then is a recorded call too
+torch.fx.wrap("_check_feature_map")
 
 
 @contextlib.contextmanager
@@ -199,6 +121,87 @@ def _pool_safe_batchnorms(module: nn.Module) -> nn.Module:
         else:
             _pool_safe_batchnorms(child)
     return module
+
+
+# --- the decoder and the heads -------------------------------------------------------------------
+
+class IwinUPerNetDecoder(UPerNetDecoder):
+    """smp's ``UPerNetDecoder`` (same modules, same state dict, same ``forward``) with the PSP pools that export
+    size-free (:class:`~iwin_models.layers.pool.AdaptiveAvgPool2d`).
+
+    Its CPU fast twin (channels-last throughout, no stride-4 concatenation at inference) is
+    :class:`~iwin_models.layers.upernet_cpu.CpuUPerNetDecoder`, put in place by
+    :func:`iwin_models.optimize_for_cpu`.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for block in self.psp.blocks:
+            block[0] = AdaptiveAvgPool2d(block[0].output_size)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        if is_dynamic_tracing():
+            # NCHW copies of Iwin's channels-last views: a tracer infers a convolution's memory format from
+            # the strides, and for a channels-last input that test guards on the batch size (batch 1 would
+            # need another graph)
+            features = [f.clone(memory_format=torch.contiguous_format) for f in features]
+        return super().forward(list(features))
+
+
+def __getattr__(name: str):
+    if name == "UPerNetDecoderChannelsLast":  # its name before 0.2, when it also held the CPU fast path
+        warnings.warn("iwin_models.segmenter.UPerNetDecoderChannelsLast is now IwinUPerNetDecoder (the plain "
+                      "decoder); its CPU fast twin is iwin_models.layers.upernet_cpu.CpuUPerNetDecoder, put in "
+                      "place by iwin_models.optimize_for_cpu", DeprecationWarning, stacklevel=2)
+        return IwinUPerNetDecoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _resize(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    # NCHW out (the decoder runs channels-last): smp's losses and many users call .view on logits
+    return F.interpolate(logits.contiguous(), size=size, mode="bilinear", align_corners=False)
+
+
+class ResizeToInputHead(nn.Module):
+    """Dropout, 1x1 classifier, bilinear resize (align_corners False) to the input size."""
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.1):
+        super().__init__()
+        self.dropout = nn.Dropout2d(dropout)  # mmseg's decode heads drop whole channels
+        self.conv_seg = nn.Conv2d(in_channels, num_classes, kernel_size=1)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits at the resolution of ``x``."""
+        return self.conv_seg(self.dropout(x))
+
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        return _resize(self.classify(x), size)
+
+
+class FCNHead(ResizeToInputHead):
+    """mmseg's auxiliary ``FCNHead``: one 3x3 conv-BN-ReLU, dropout, 1x1 classifier, resize."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 256, dropout: float = 0.1):
+        super().__init__(channels, num_classes, dropout)
+        self.convs = nn.Sequential(smp_modules.Conv2dReLU(in_channels, channels, kernel_size=3, padding=1))
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return super().classify(self.convs(x))
+
+
+# --- the model -------------------------------------------------------------------------------------
+
+def _check_image_batch(x: torch.Tensor) -> None:
+    """Any size is fine (Iwin pads); reject what would give a silent wrong answer. Shape and dtype only:
+    reading the values (a NaN check) would synchronise a GPU on every call and fail under fake tensors."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        raise ValueError(f"expected an image batch (B, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected a float (normalised) image tensor, got dtype {x.dtype}")
+
+
+# FX records the check as one call (run by the traced module on real inputs) instead of tracing into it
+torch.fx.wrap("_check_image_batch")
 
 
 class IwinUPerNet(SegmentationModel):
@@ -246,7 +249,7 @@ class IwinUPerNet(SegmentationModel):
             f"tu-{encoder_name}", in_channels=in_channels, depth=5,
             weights=True if encoder_weights else None, **(encoder_kwargs or {}))
         stage_channels = self.encoder.out_channels[2:]
-        self.decoder = UPerNetDecoderChannelsLast(
+        self.decoder = IwinUPerNetDecoder(
             self.encoder.out_channels, encoder_depth=5, decoder_channels=decoder_channels)
         # The backbone's own norm0..3 already normalised the features (see the module docstring).
         self.decoder.feature_norms = nn.ModuleList([nn.Identity() for _ in stage_channels])
@@ -263,29 +266,43 @@ class IwinUPerNet(SegmentationModel):
             smp.base.initialization.initialize_decoder(self.auxiliary_head)
 
     def check_input_shape(self, x):
-        """Any size is fine (Iwin pads); reject what would give a silent wrong answer instead."""
-        if not isinstance(x, torch.Tensor) or x.ndim != 4:
-            raise ValueError(f"expected an image batch (B, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
-        if not x.is_floating_point():
-            raise TypeError(f"expected a float (normalised) image tensor, got dtype {x.dtype}")
-        if not torch.isfinite(x).all():
-            raise ValueError("the input holds NaN or Inf values")
+        """Any size is fine (Iwin pads); shape and dtype are checked, values are not (NaN/Inf inputs are refused
+        where data enters: ``segment()``, the training loss)."""
+        _check_image_batch(x)
 
     def forward(self, x: torch.Tensor, return_aux: bool = False):
-        if not is_traced():
-            self.check_input_shape(x)
-        if return_aux and self.auxiliary_head is None:
+        if not return_aux:
+            return _resize(self.low_res_logits(x), x.shape[-2:])
+        if self.auxiliary_head is None:
             raise ValueError("this model has no auxiliary head (aux_channels=0)")
+        self.check_input_shape(x)
         features = self.encoder(x)
         size = x.shape[-2:]
         logits = _resize(self._recomputed(self.decode, features), size)
-        if not return_aux:
-            return logits
         return logits, self.auxiliary_head(features[4], size)  # stage 2 (stride 16)
+
+    def low_res_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The decode head's logits at stride 4, (B, classes, ceil(H / 4), ceil(W / 4)): what ``forward(x)``
+        resizes to the input size last (bilinear, align_corners False). Inference that resizes or crops the
+        logits itself (``iwin_models.inference``) starts from these: 16x fewer values than ``forward``'s."""
+        self.check_input_shape(x)
+        return self._recomputed(self.decode, self.encoder(x))
 
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Stride-4 logits from the encoder's features (mmseg's decode head)."""
         return self.segmentation_head.classify(self.decoder(features))
+
+    @staticmethod
+    def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A state dict in this model's names (timm's hook name): the authors' mmseg layout is converted,
+        ours passes through (``iwin_models.checkpoint.load_segmenter_weights`` calls it)."""
+        if any(k.startswith("decode_head.") for k in state_dict):
+            return convert_mmseg_upernet(state_dict)
+        if not any(k.startswith("encoder.") for k in state_dict):
+            raise CheckpointError(
+                "not an Iwin UPerNet checkpoint: it has neither mmseg keys (backbone./decode_head.) nor ours "
+                f"(encoder./decoder.), e.g. {sorted(state_dict)[:3]}")
+        return state_dict
 
     def _recomputed(self, fn, *args):
         """``fn(*args)``, under gradient checkpointing when it is on and gradients are being recorded."""
@@ -343,64 +360,21 @@ class IwinUPerNet(SegmentationModel):
         return card
 
 
-# let smp.from_pretrained(<folder or hub repo>) find our class by name (it looks in smp's namespace)
-smp.IwinUPerNet = IwinUPerNet
+def register_with_smp() -> None:
+    """Put :class:`IwinUPerNet` in smp's namespace (``smp.IwinUPerNet``).
 
-_CLASSIFIERS = ("segmentation_head.conv_seg.", "auxiliary_head.conv_seg.")
-
-
-def _segmenter_state_dict(checkpoint: dict) -> tuple[dict, dict]:
-    """(state dict in our names, meta) from an mmseg checkpoint, one of ours, or a bare dict."""
-    checkpoint = dict(checkpoint)
-    meta = checkpoint.pop("meta", None) or {}
-    metadata = checkpoint.pop("__metadata__", None)  # safetensors
-    sd = checkpoint.get("state_dict", checkpoint)
-    if not isinstance(sd, dict) or not sd:
-        raise CheckpointError("not a segmenter checkpoint: no state_dict")
-    if any(k.startswith("decode_head.") for k in sd):
-        sd = convert_mmseg_upernet(sd)
-    elif not any(k.startswith("encoder.") for k in sd):
-        raise CheckpointError(
-            "not an Iwin UPerNet checkpoint: it has neither mmseg keys (backbone./decode_head.) nor ours "
-            f"(encoder./decoder.), e.g. {sorted(sd)[:3]}")
-    if metadata:
-        meta = {**meta, **metadata}
-    return sd, meta
-
-
-def load_segmenter_weights(model: IwinUPerNet, checkpoint: dict | str) -> IwinUPerNet:
-    """Load an official mmseg checkpoint (or one of ours) into ``model`` with strict semantics.
-
-    ``checkpoint`` is a loaded dict, a path (.pth or .safetensors) or a URL. Every tensor must be
-    used and every model tensor provided, except the classifiers when the class count differs
-    (they are then re-initialised, with a warning) and the auxiliary head when the model has none.
-    The checkpoint's class names and palette (``meta``) are kept on the model.
+    smp's ``from_pretrained(<folder or hub repo>)`` builds the class named in ``config.json`` by looking it
+    up as an attribute of the ``segmentation_models_pytorch`` module, so a class smp does not define has to
+    be placed there. Called once, below, when this module is imported; nothing else in the package touches
+    smp's namespace.
     """
-    if isinstance(checkpoint, str):
-        checkpoint = load_url(checkpoint) if "://" in checkpoint else read_checkpoint(checkpoint)
-    sd, meta = _segmenter_state_dict(checkpoint)
-    if model.auxiliary_head is None:
-        sd = {k: v for k, v in sd.items() if not k.startswith("auxiliary_head.")}
-    classifier = sd.get("segmentation_head.conv_seg.weight")
-    ckpt_classes = classifier.shape[0] if classifier is not None else None
-    if ckpt_classes is not None and ckpt_classes != model.num_classes:
-        warnings.warn(
-            f"the checkpoint has {ckpt_classes} classes and the model {model.num_classes}: its body is loaded and "
-            f"the classifiers are re-initialised (train them before use)", stacklevel=2)
-        sd = {k: v for k, v in sd.items() if not k.startswith(_CLASSIFIERS)}
-        meta = {}
+    smp.IwinUPerNet = IwinUPerNet
 
-    reinit = ckpt_classes != model.num_classes
-    check_state_dict_fits(sd, model.state_dict(), model.name, skip=_CLASSIFIERS if reinit else (),
-                          hint="it was probably made for another Iwin variant (tiny/small/base) or decoder width")
-    model.load_state_dict(sd, strict=not reinit)
 
-    names = meta.get("CLASSES")
-    if names is not None and len(names) == model.num_classes:
-        palette = meta.get("PALETTE")
-        model.set_class_info(names, palette if palette is not None else model.palette)
-    return model
+register_with_smp()
 
+
+# --- the factory and the entrypoints -------------------------------------------------------------------
 
 def create_segmenter(
         name: str,

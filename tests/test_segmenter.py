@@ -24,13 +24,11 @@ from iwin_models import CheckpointError, ade20k
 from iwin_models.cli import main as cli
 from iwin_models.inference import load_image, predict_probs, segment
 from iwin_models.segmenter import (
-    ADE20K_PROTOCOL,
     SEGMENTERS,
     IwinUPerNet,
     create_segmenter,
     load_segmenter_weights,
     model_card_kwargs,
-    segmenter_table,
 )
 
 TOL = {"logits": 5e-5, "aux": 5e-5, "window12": 1e-4}
@@ -124,52 +122,7 @@ def test_manifests_load_strictly(fixtures_dir, name):
                        ckpt["state_dict"]["decode_head.lateral_convs.0.conv.weight"])
 
 
-# --- the registry: what is said about each released segmenter ------------------------------------
-
-_RELEASE = "https://github.com/Cominder/Iwin-Transformer/releases/download/v1.0/"
-# ../shared/spec/iwin-reference.md: release files, ADE20K heads, published params / FLOPs / mIoU
-PUBLISHED = {
-    "iwin_tiny_upernet_ade20k": ("iwin_tiny_patch4_window7_512_ade20k_1k.pth", (3, 6, 12, 24), 61.9, 946, 44.70),
-    "iwin_small_upernet_ade20k": ("iwin_small_patch4_window7_512_ade20k_1k.pth", (3, 6, 12, 24), 83.2, 1038, 47.50),
-    "iwin_base_upernet_ade20k": ("iwin_base_patch4_window7_512_ade20k_1k.pth", (4, 8, 16, 32), 124.8, 1189, 48.90),
-}
-
-
-def test_registry_holds_the_release_and_the_published_figures():
-    import iwin_models.segmenter as segmenter
-
-    source = Path(segmenter.__file__).read_text()
-    assert list(SEGMENTERS) == list(PUBLISHED)
-    for name, (file, heads, params, flops, miou) in PUBLISHED.items():
-        weights = SEGMENTERS[name]
-        assert weights.name == name and weights.url == _RELEASE + file
-        assert f'url="{weights.url}"' in source  # written out literally, as timm's cfgs are
-        assert (weights.heads, weights.params_m, weights.flops_g, weights.miou) == (heads, params, flops, miou)
-        assert weights.flops_input == (3, 512, 2048)
-        assert weights.class_names == ade20k.CLASSES and weights.palette == ade20k.PALETTE
-        assert weights.terms.summary == "MIT for research use; commercial use by agreement with the authors"
-        assert weights.terms.hub_license == "other"  # not plain MIT
-
-
-@pytest.mark.parametrize("name", list(SEGMENTERS))
-def test_registry_builds_the_published_models(name):
-    """Heads and parameter count of the model built from each entry (on the meta device: no memory)."""
-    with torch.device("meta"):
-        model = create_segmenter(name, pretrained=False)
-    heads = tuple(stage.blocks[0].attn.num_heads for stage in model.backbone.layers)
-    assert heads == SEGMENTERS[name].heads  # the ADE20K Iwin-S uses 3,6,12,24, the ImageNet one 3,4,8,16
-    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == SEGMENTERS[name].params_m
-    assert model.class_names == list(ade20k.CLASSES)
-
-
-def test_registry_protocol_is_the_one_inference_runs():
-    from iwin_models import inference
-
-    assert ADE20K_PROTOCOL.scale == inference.TEST_SCALE
-    assert ADE20K_PROTOCOL.aug_ratios == inference.AUG_RATIOS
-    assert (ADE20K_PROTOCOL.slide_crop, ADE20K_PROTOCOL.slide_stride) == (inference.SLIDE_CROP, inference.SLIDE_STRIDE)
-    assert (ADE20K_PROTOCOL.mean, ADE20K_PROTOCOL.std) == (ade20k.MEAN, ade20k.STD)
-
+# --- the registry as the segmenters see it (the registry itself: test_weights.py) ----------------------
 
 def test_docstrings_and_hub_help_are_written_from_the_registry(monkeypatch):
     import iwin_models.segmenter as segmenter
@@ -183,14 +136,6 @@ def test_docstrings_and_hub_help_are_written_from_the_registry(monkeypatch):
         for figure in (f"{weights.miou:.2f} mIoU", f"{weights.params_m}M params", f"{weights.flops_g}G FLOPs",
                        f"heads {','.join(map(str, weights.heads))}", weights.url, weights.terms.summary):
             assert figure in doc, (name, figure)
-
-
-def test_readme_table_is_the_registry_table():
-    table = segmenter_table()
-    assert table in (REPO / "README.md").read_text(), "README.md: paste segmenter_table() over the old table"
-    for weights in SEGMENTERS.values():
-        assert weights.table_row() in table
-    assert SEGMENTERS["iwin_tiny_upernet_ade20k"].terms.summary in table
 
 
 def test_model_card_is_written_from_the_registry(mini, tmp_path):
@@ -313,32 +258,81 @@ def test_grad_checkpointing_is_exact_and_counts_batchnorm_once(monkeypatch):
     assert calls == ["decode"], "no recomputation without gradients"
 
 
-def test_channels_last_decoder_equals_smp_forward():
+def test_plain_decoder_is_smps_with_export_friendly_pools():
+    """The plain decoder is smp's (same state dict, same forward, bit for bit); only its PSP pools differ."""
     from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
 
-    from iwin_models.segmenter import UPerNetDecoderChannelsLast
+    from iwin_models.layers.pool import AdaptiveAvgPool2d
+    from iwin_models.segmenter import IwinUPerNetDecoder
 
     torch.manual_seed(0)
     channels = (3, 0, 32, 64, 128, 256)
-    ours, smps = UPerNetDecoderChannelsLast(channels, 5, 64).eval(), UPerNetDecoder(channels, 5, 64).eval()
+    ours, smps = IwinUPerNetDecoder(channels, 5, 64).eval(), UPerNetDecoder(channels, 5, 64).eval()
+    assert ours.state_dict().keys() == smps.state_dict().keys()
     ours.load_state_dict(smps.state_dict(), strict=True)
+    assert [type(block[0]) for block in ours.psp.blocks] == [AdaptiveAvgPool2d] * 4
     features = [torch.randn(2, c, 67 // 2 ** i + 1, 45 // 2 ** i + 1) for i, c in enumerate(channels)]
-    with torch.no_grad():  # equal up to round-off: ours runs channels-last
-        torch.testing.assert_close(ours(list(features)), smps(list(features)), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        assert torch.equal(ours(list(features)), smps(list(features)))
+
+
+def test_decoders_old_name_still_imports_with_a_deprecation_warning():
+    from iwin_models.segmenter import IwinUPerNetDecoder
+
+    with pytest.warns(DeprecationWarning, match="IwinUPerNetDecoder"):
+        from iwin_models.segmenter import UPerNetDecoderChannelsLast
+    assert UPerNetDecoderChannelsLast is IwinUPerNetDecoder
+
+
+def test_low_res_logits_are_what_forward_resizes(mini, golden):
+    """The public stride-4 logits: the golden head output (before mmseg's final resize), and forward's
+    result is exactly their bilinear resize."""
+    exp = golden["upernet"]
+    x = exp["x_odd"]
+    with torch.no_grad():
+        low = mini.low_res_logits(x)
+        logits = mini(x)
+    assert low.shape == (x.shape[0], 150, -(-x.shape[2] // 4), -(-x.shape[3] // 4))
+    assert (low - exp["logits_odd_s4"]).abs().max().item() < TOL["logits"]
+    assert torch.equal(logits, F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False))
+    with pytest.raises(ValueError, match="channels"):
+        mini.low_res_logits(torch.randn(1, 4, 32, 32))
 
 
 def test_bad_inputs_to_segmenter():
     model = mini_segmenter(classes=3).eval()
     with pytest.raises(ValueError, match="channels"):
         model(torch.randn(1, 4, 32, 32))
-    with pytest.raises(ValueError, match="NaN"):
-        model(torch.full((1, 3, 32, 32), float("nan")))
+    with pytest.raises(ValueError, match="image batch"):
+        model(torch.randn(3, 32, 32))
     with pytest.raises(TypeError, match="float"):
         model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match="unknown segmenter"):
         create_segmenter("iwin_huge_upernet_ade20k")
     with pytest.raises(ValueError, match="class names"):
         mini_segmenter(classes=3, class_names=["a", "b"])
+
+
+def test_forward_reads_no_values_nan_goes_through():
+    """No data-dependent check in the model (a device sync per call): NaN inputs give NaN logits; segment()
+    and the training loss are where they are refused."""
+    model = mini_segmenter(classes=3).eval()
+    x = torch.randn(1, 3, 32, 32)
+    x[0, :, 5, 7] = float("nan")
+    with torch.no_grad():
+        assert model(x).isnan().any()
+
+
+def test_fx_traces_the_segmenter_with_its_shape_check():
+    """Under torch.fx the input check is one recorded call, run by the traced module on real inputs."""
+    model = mini_segmenter(classes=3).eval()
+    graph = torch.fx.symbolic_trace(model, concrete_args={"return_aux": False})
+    assert any(n.op == "call_function" and n.target.__name__ == "_check_image_batch" for n in graph.graph.nodes)
+    x = torch.randn(1, 3, 45, 61)
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x), model(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="float"):
+        graph(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
 
 
 def test_save_and_from_pretrained_round_trip(mini, tmp_path):
