@@ -7,16 +7,19 @@ the definition's two best scores are tied (within that round-off).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import MINI
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import iwin_models.bands as bands
 import iwin_models.inference as inference
 from iwin_models.inference import predict, predict_probs, segment
 from iwin_models.segmenter import IwinUPerNet
+from iwin_models.weights import ADE20K_PROTOCOL
 
 CLASSES = 150
 
@@ -30,11 +33,8 @@ def model():
     return m.eval()
 
 
-@pytest.fixture
-def small_windows(monkeypatch):
-    """Sliding windows of 64 at stride 43 (the same geometry as 512/341), so that slide tests stay small."""
-    monkeypatch.setattr(inference, "SLIDE_CROP", 64)
-    monkeypatch.setattr(inference, "SLIDE_STRIDE", 43)
+# sliding windows of 64 at stride 43 (the same geometry as 512/341), so that slide tests stay small
+SMALL_WINDOWS = dataclasses.replace(ADE20K_PROTOCOL, slide_crop=64, slide_stride=43)
 
 
 def _rgb(h, w, seed=0):
@@ -50,25 +50,6 @@ def _assert_same_class_map(labels, probs, tol=0.0):
     assert decided.mean() > 0.99, "hardly any pixel is decided: the comparison says nothing"
 
 
-# --- the separable resize in bands -----------------------------------------------------------------
-
-RESIZES = [  # (in_h, in_w, out_h, out_w): up, down, odd, equal heights or widths, a one-row source
-    (128, 171, 512, 683), (37, 53, 100, 77), (100, 77, 37, 53), (64, 64, 200, 64), (64, 90, 64, 200),
-    (1, 3, 90, 50), (2, 3, 200, 7), (300, 200, 301, 199), (16, 16, 40, 40),  # 40+40 <= 128: PyTorch's other kernel
-]  # (a 1x1 source is the one case found where PyTorch's kernel rounds otherwise: equal to 1 ulp, not bitwise)
-
-
-@pytest.mark.parametrize("in_h, in_w, out_h, out_w", RESIZES)
-def test_rows_of_a_resize_are_bitwise_f_interpolate(in_h, in_w, out_h, out_w):
-    src = torch.randn(1, 5, in_h, in_w, generator=torch.Generator().manual_seed(in_h * in_w)) * 10
-    ref = F.interpolate(src, size=(out_h, out_w), mode="bilinear", align_corners=False)
-    rows_first = inference._rows_first(src)  # (H, C, W): the bands' layout
-    for rows in (1, 2, 7, out_h - 1, out_h):
-        bands = [inference._resize_rows(lambda a, b: rows_first[a:b], (in_h, in_w), (out_h, out_w), s,
-                                        min(s + rows, out_h)) for s in range(0, out_h, max(rows, 1))]
-        assert torch.equal(inference._channels_first(torch.cat(bands)), ref), rows
-
-
 # --- banded == plain ----------------------------------------------------------------------------------
 
 PROTOCOLS = {
@@ -78,8 +59,8 @@ PROTOCOLS = {
     "same_size": (64, 96, dict(scale=(96, 64))),  # no resize at all
     "tall_one_column": (90, 1, dict(scale=(64, 32))),
     "aug": (50, 131, dict(scale=(100, 64), aug=True)),  # 6 scales x 2 mirrored passes
-    "slide_native": (150, 131, dict(scale=(150, 150), slide=True)),  # crops read from the image as needed
-    "slide_resized_aug": (40, 30, dict(scale=(90, 64), slide=True, aug=True)),
+    "slide_native": (150, 131, dict(scale=(150, 150), slide=True, protocol=SMALL_WINDOWS)),  # crops read as needed
+    "slide_resized_aug": (40, 30, dict(scale=(90, 64), slide=True, aug=True, protocol=SMALL_WINDOWS)),
 }
 _DEFINITIONS = {}
 
@@ -94,7 +75,7 @@ def _definition(model, name, seed):
 
 
 @pytest.mark.parametrize("name", PROTOCOLS)
-def test_automatic_bands_are_bitwise_the_definition(model, small_windows, name):
+def test_automatic_bands_are_bitwise_the_definition(model, name):
     h, w, kw = PROTOCOLS[name]
     image, probs = _definition(model, name, 0)
     labels, confidence = predict(model, image, return_confidence=True, **kw)
@@ -106,7 +87,7 @@ def test_automatic_bands_are_bitwise_the_definition(model, small_windows, name):
 
 @pytest.mark.parametrize("name", ["odd_logits_shrink", "odd_logits_grow", "aug", "slide_native", "slide_resized_aug"])
 @pytest.mark.parametrize("band_rows", [1, 3, 10 ** 6])  # one row a band, a few, one band for all
-def test_any_band_size_matches_the_definition(model, small_windows, name, band_rows):
+def test_any_band_size_matches_the_definition(model, name, band_rows):
     _, _, kw = PROTOCOLS[name]
     image, probs = _definition(model, name, 1)
     labels, confidence = predict(model, image, return_confidence=True, band_rows=band_rows, **kw)
@@ -114,24 +95,6 @@ def test_any_band_size_matches_the_definition(model, small_windows, name, band_r
     _assert_same_class_map(labels, probs, tol=1e-6)
     small = predict(model, image, band_rows=band_rows, labels_dtype=np.uint8, return_confidence=True, **kw)[0]
     assert small.dtype == np.uint8 and np.array_equal(small, labels)
-
-
-def test_slide_keeps_two_rows_of_crops(model, small_windows, monkeypatch):
-    """Crops run row by row as the bands reach them; a row of crops is dropped once the bands pass it."""
-    kept, created = [], []
-    original = inference._SlidePass._crop_row
-
-    def crop_row(self, r):
-        if r not in self.cache:
-            created.append(r)
-        kept.append(len(self.cache))
-        return original(self, r)
-
-    monkeypatch.setattr(inference._SlidePass, "_crop_row", crop_row)
-    image = _rgb(300, 100)  # native: 7 rows of crops (64, stride 43), 2 columns
-    predict(model, image, scale=(300, 300), slide=True, band_rows=4)
-    assert created == list(range(7)), "every row of crops is run once, in order"
-    assert max(kept) <= 2
 
 
 # --- memory: never C x H x W at the original size ------------------------------------------------------
@@ -168,18 +131,19 @@ def test_the_tracker_sees_the_full_resolution_scores(model):
                          ids=["whole", "aug", "confidence"])
 def test_large_photo_never_holds_full_resolution_scores(model, kw, monkeypatch):
     """C x H x W would be 72 M floats (288 MB); the largest tensor is a band (bands of 8 MB here)."""
-    monkeypatch.setattr(inference, "BAND_BYTES", 8 * 2 ** 20)
+    monkeypatch.setattr(bands, "BAND_BYTES", 8 * 2 ** 20)
     h, w = 600, 800
     image = _rgb(h, w)
     largest = _largest(lambda: predict(model, image, scale=(128, 96), **kw))
-    band = inference.BAND_BYTES // 4  # elements of a band tensor
+    band = bands.BAND_BYTES // 4  # elements of a band tensor
     assert largest <= band and 30 * band < CLASSES * h * w, largest
 
 
-def test_native_slide_never_holds_an_accumulator_over_the_image(model, small_windows):
+def test_native_slide_never_holds_an_accumulator_over_the_image(model):
     h, w = 300, 200  # 7 x 4 crops of 64
     assert inference._rescale_size(h, w, (300, 300)) == (h, w)  # at its own size
-    largest = _largest(lambda: predict(model, _rgb(h, w), scale=(300, 300), slide=True, band_rows=8))
+    largest = _largest(lambda: predict(model, _rgb(h, w), scale=(300, 300), slide=True, band_rows=8,
+                                       protocol=SMALL_WINDOWS))
     assert largest < CLASSES * h * w // 10, largest  # a band of rows, or two rows of crops at stride 4
 
 
@@ -239,4 +203,4 @@ def test_aug_runs_the_mirrored_image_in_a_pass_of_its_own(model):
         hook.remove()
     assert len(batches) == 12 and all(b[0] == 1 for b in batches)
     assert sorted({b[2:] for b in batches}) == sorted({inference._rescale_size(30, 40, (64 * r, 48 * r))
-                                                        for r in inference.AUG_RATIOS})
+                                                        for r in ADE20K_PROTOCOL.aug_ratios})
