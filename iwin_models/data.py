@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from . import ade20k
+from .images import SIXTEEN_BIT_MODES, load_image, read_image_file
 
 __all__ = [
     "ADE20KDataset", "FolderSegmentationDataset", "SegmentationFiles", "TrainTransform", "build_train_transform",
@@ -36,16 +37,13 @@ __all__ = [
 
 IGNORE_INDEX = ade20k.IGNORE_INDEX  # 255: the value of ignored pixels in every label this module returns
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 # --- reading files --------------------------------------------------------------------------------
 
 def read_image(path: str | Path, exif: bool = True) -> np.ndarray:
     """RGB uint8 array (H, W, 3) of an image file; grey, RGBA, palette and 16-bit images are converted
-    and (with ``exif``) the EXIF orientation is applied (see :func:`iwin_models.io.load_image`)."""
-    from .io import load_image
-
+    and (with ``exif``) the EXIF orientation is applied (see :func:`iwin_models.images.load_image`)."""
     return load_image(Path(path), exif=exif)
 
 
@@ -53,10 +51,8 @@ def read_label(path: str | Path) -> np.ndarray:
     """The class indices stored in a label PNG, as int64 (H, W), without any colour conversion:
     palette ('P') images give their indices, 'L' and 16-bit images their values. An RGB file is
     accepted only when it is grey (R = G = B)."""
-    from .io import read_image_file
-
     mode, arr = read_image_file(path, lambda img: (img.mode, np.asarray(img)), kind="label")
-    if mode in ("P", "L", "1") or mode in _SIXTEEN_BIT:
+    if mode in ("P", "L", "1") or mode in SIXTEEN_BIT_MODES:
         return arr.astype(np.int64)
     if mode in ("RGB", "RGBA") and arr.ndim == 3 and (arr[..., 0] == arr[..., 1]).all() \
             and (arr[..., 0] == arr[..., 2]).all():

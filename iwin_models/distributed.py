@@ -2,6 +2,7 @@
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) :func:`init_distributed` starts the process group (nccl on
 GPUs, gloo on CPU); without it everything here is a no-op for a single process (rank 0 of 1).
+:func:`local_device` only says which device this process uses (no side effect).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_distributed", "world", "any_process", "gather", "restart_scoped_store"]
+__all__ = ["init_distributed", "local_device", "world", "any_process", "gather", "restart_scoped_store"]
 
 
 def world() -> tuple[int, int]:
@@ -63,16 +64,18 @@ def restart_scoped_store():
     return dist.PrefixStore(f"iwin_models/restart_{restart}", store)
 
 
-def _pick_device(device: str | None, local_rank: int, world_size: int) -> torch.device:
+def local_device(device: str | torch.device | None = None) -> torch.device:
+    """The device of this process, with no side effect: ``device`` (a bare ``cuda`` is cuda:LOCAL_RANK under
+    torchrun, else cuda:0), or without it cuda:LOCAL_RANK when CUDA is available, else the CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     try:
         chosen = torch.device(device) if device else (
             torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu"))
-    except RuntimeError as e:
+    except (RuntimeError, TypeError) as e:
         raise ValueError(f"bad device {device!r}: {e}") from None
-    if chosen.type == "cuda":
-        if chosen.index is None:
-            chosen = torch.device("cuda", local_rank if world_size > 1 else 0)
-        torch.cuda.set_device(chosen)
+    if chosen.type == "cuda" and chosen.index is None:
+        chosen = torch.device("cuda", local_rank if world_size > 1 else 0)
     return chosen
 
 
@@ -85,8 +88,9 @@ def init_distributed(device: str | None = None) -> tuple[torch.device, bool]:
     :func:`restart_scoped_store`). The caller that got ``started=True`` destroys the group at the end.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    chosen = _pick_device(device, local_rank, world_size)
+    chosen = local_device(device)
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
     if world_size <= 1 or dist.is_initialized():
         return chosen, False
     backend = "nccl" if chosen.type == "cuda" else "gloo"

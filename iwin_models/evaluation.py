@@ -141,7 +141,7 @@ def _raw_sample(dataset, index: int):
 def evaluate(model, dataset, *, aug: bool = False, slide: bool = False, dtype: torch.dtype | None = None,
              device: str | torch.device | None = None, progress: bool = True,
              scale: Sequence[int] = (2048, 512), limit: int | None = None,
-             num_classes: int | None = None) -> dict:
+             num_classes: int | None = None, fast: bool | None = None) -> dict:
     """mIoU of ``model`` on ``dataset`` with the ADE20K test protocol (:func:`iwin_models.inference.segment`).
 
     Args:
@@ -150,6 +150,8 @@ def evaluate(model, dataset, *, aug: bool = False, slide: bool = False, dtype: t
             (:class:`~iwin_models.data.ADE20KDataset`, :class:`~iwin_models.data.FolderSegmentationDataset`:
             their ``load`` is used, so a training transform on them does not matter).
         aug, slide, dtype, scale: test-time options of :func:`iwin_models.inference.segment`.
+        fast: ``segment``'s: the CPU fast twins (default: on the CPU unless ``IWIN_FAST_PATH=0``); False
+            runs the model as given (e.g. one already converted by ``iwin_models.optimize_for_cpu``).
         device: move the model there first (default: leave it where it is).
         progress: tqdm bar (on rank 0 only).
         limit: evaluate the first ``limit`` samples only.
@@ -181,7 +183,7 @@ def evaluate(model, dataset, *, aug: bool = False, slide: bool = False, dtype: t
                    disable=not progress or rank != 0, dynamic_ncols=True)
         for i in bar:
             image, label = _raw_sample(dataset, i)
-            pred = segment(model, image, aug=aug, slide=slide, dtype=dtype, scale=scale)
+            pred = segment(model, image, aug=aug, slide=slide, dtype=dtype, scale=scale, fast=fast)
             metric.update(pred, label)
     except Exception as e:  # the other processes must not wait for this one in the all-reduce
         error = e

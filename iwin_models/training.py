@@ -1,10 +1,11 @@
 """Train or fine-tune an Iwin UPerNet with the authors' ADE20K recipe: :class:`TrainConfig` and :class:`Trainer`.
 
-Recipe (mmseg config of the official repository; every value is a :class:`TrainConfig` field and an
-``iwin-seg train`` option): 160k iterations, 2 images per process (8 GPUs in the paper), AdamW lr 6e-5,
-betas 0.9/0.999, weight decay 0.01 except on norms, biases and other 1-D parameters; linear warm-up over
-1500 iterations from ratio 1e-6, then poly decay (power 1.0) to 0; loss = CE(logits) + 0.4 CE(aux
-logits), ignore index 255; drop_path 0.3; SyncBN in the heads when several GPUs train together.
+Recipe (mmseg config of the official repository; every value is a :class:`TrainConfig` field or, where
+it builds the model and data, an option of ``iwin-seg train``): 160k iterations, 2 images per process
+(8 GPUs in the paper), AdamW lr 6e-5, betas 0.9/0.999, weight decay 0.01 except on norms, biases and
+other 1-D parameters; linear warm-up over 1500 iterations from ratio 1e-6, then poly decay (power 1.0)
+to 0; loss = CE(logits) + 0.4 CE(aux logits), ignore index 255; drop_path 0.3; SyncBN in the heads when
+several GPUs train together.
 
 Learning rate at iteration ``t`` (0-based; the lr the ``t``-th optimiser step uses), as mmcv's
 ``PolyLrUpdaterHook`` with linear warm-up::
@@ -19,10 +20,15 @@ holds the model, optimiser, scheduler, GradScaler, iteration and every random st
 at any point and resumed from its last checkpoint ends with the same weights as one never stopped
 (bit-identical with ``deterministic=True`` on the same hardware).
 
-The library takes built objects::
+The library takes built objects, after an explicit set-up of the process::
 
-    seed_everything(config.seed)                 # before building the model: the same weights everywhere
+    device = setup(config)            # process group under torchrun, determinism flags, seeds (global state)
+    model = ...                       # built after setup(): the same initial weights in every process
     Trainer(model, train_set, config, val_set).fit()
+
+Constructing a :class:`Trainer` changes no global state; :meth:`Trainer.fit` seeds the dropout /
+drop-path generator of each process (``seed + rank``) when the loop starts, and restores a checkpoint's
+random states on resume.
 
 ``iwin-seg train`` (:mod:`iwin_models.cli.train`) builds the model and data sets from names and paths.
 Several processes: ``torchrun --nproc_per_node=N -m iwin_models.cli train ...`` (DDP; nccl on GPU,
@@ -35,8 +41,8 @@ import dataclasses
 import math
 import os
 import random
+import shutil
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -48,17 +54,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .ade20k import IGNORE_INDEX
-from .distributed import gather, init_distributed, world
-from .io import NEW_FILE_MODE
+from .distributed import gather, init_distributed, local_device, world
+from .files import write_atomic
 
 __all__ = [
     "param_groups", "build_optimizer", "lr_factor", "build_scheduler", "InfiniteSampler", "SeededDataset",
     "save_checkpoint", "load_checkpoint", "segmentation_loss", "train_step", "seed_everything",
-    "set_determinism", "TrainConfig", "Trainer", "train", "AMP_DTYPES", "CHECKPOINT_FORMAT",
+    "set_determinism", "setup", "TrainConfig", "Trainer", "train", "PRECISIONS", "CHECKPOINT_FORMAT",
 ]
 
 CHECKPOINT_FORMAT = "iwin-seg-train/1"
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The one precision table of the package (``--precision`` of predict, eval and train): the autocast dtype,
+# None for plain float32. fp16 training adds a GradScaler.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def __getattr__(name: str):
+    if name == "AMP_DTYPES":  # the old table of --amp, whose "none" is now "fp32"
+        warnings.warn("iwin_models.training.AMP_DTYPES is deprecated: use PRECISIONS (\"none\" is \"fp32\")",
+                      DeprecationWarning, stacklevel=2)
+        return {"none": None, **{k: v for k, v in PRECISIONS.items() if v is not None}}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- optimiser and schedule -----------------------------------------------------------------------
@@ -208,51 +224,33 @@ def _worker_init(worker_id: int) -> None:
 # --- checkpoints ----------------------------------------------------------------------------------
 
 def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
-    """``torch.save`` atomically: a temporary file in the same folder, flushed and fsynced, then
-    renamed over ``path``. On failure (a full disk) the temporary file is removed, ``path`` keeps its
-    previous content, and an ``OSError`` says so."""
+    """``torch.save`` atomically and durably (:func:`iwin_models.files.write_atomic`: a temporary file in
+    the same folder, fsynced, renamed over ``path``, the folder fsynced). On failure (a full disk) the
+    temporary file is removed, ``path`` keeps its previous content, and an ``OSError`` says so."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, NEW_FILE_MODE)  # as torch.save(path) would make it, not mkstemp's 0o600
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise OSError(e.errno, f"could not write checkpoint {path} ({e.strerror or e}); "
-                                   f"the previous checkpoint there, if any, is intact") from e
-        raise
-    _fsync_dir(path.parent)
-    return path
+        return write_atomic(path, lambda tmp: _torch_save(obj, tmp), durable=True)
+    except OSError as e:
+        raise OSError(e.errno, f"could not write checkpoint {path} ({e.strerror or e}); "
+                               f"the previous checkpoint there, if any, is intact") from e
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform / file system can open a directory
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _torch_save(obj, path: str) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
-    """``dst`` becomes a copy of ``src`` atomically (a hard link where the file system allows)."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    try:
+    """``dst`` becomes a copy of ``src`` atomically: a hard link where the file system allows, else a copy."""
+    def link(tmp: str) -> None:
+        os.unlink(tmp)  # os.link makes the name itself
         os.link(src, tmp)
-        os.replace(tmp, dst)
+
+    try:
+        write_atomic(dst, link, durable=True)
     except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        save_checkpoint(load_checkpoint(src), dst)
+        write_atomic(dst, lambda tmp: shutil.copyfile(src, tmp), durable=True)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -361,70 +359,70 @@ def _log(message: str, log_file: Path | None) -> None:
 
 # --- configuration --------------------------------------------------------------------------------
 
+def _field(default, help: str, group: str):
+    """A :class:`TrainConfig` field; ``help`` and ``group`` describe it (``iwin-seg train`` makes its
+    options from them: :mod:`iwin_models.cli.train`)."""
+    return dataclasses.field(default=default, metadata=dict(help=help, group=group))
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    """Every option of ``iwin-seg train``, with its defaults (the authors' recipe).
+    """What the :class:`Trainer` reads, with the defaults of the authors' recipe.
 
-    The model and data fields say what :mod:`iwin_models.cli.train` builds; :class:`Trainer`, which
-    is given the built model and data sets, reads the optimisation and run fields.
+    What builds the model and the data sets (model name, weights, data folders, crop and resize) is
+    the command's (:mod:`iwin_models.cli.train`); the Trainer is given them built. ``amp=`` (the old
+    name of ``precision``; ``"none"`` is ``"fp32"``) is still accepted, with a DeprecationWarning.
     """
 
-    # model (read by the command)
-    model: str = "iwin_tiny_upernet_ade20k"
-    pretrained: str | None = None            # ImageNet checkpoint for the backbone (default: timm's in1k)
-    no_pretrained_backbone: bool = False
-    weights: str | None = None               # segmenter checkpoint to fine-tune
-    num_classes: int = 150
-    drop_path: float = 0.3
-    grad_checkpointing: bool = False
-    # data (read by the command, but crop_size and batch_size)
-    data_root: str | None = None
-    images: str | None = None
-    labels: str | None = None
-    class_names: str | None = None
-    reduce_zero_label: bool = False
-    val_images: str | None = None
-    val_labels: str | None = None
-    crop_size: int = 512
-    scale: tuple[int, int] = (2048, 512)
-    ratio_range: tuple[float, float] = (0.5, 2.0)
-    batch_size: int = 2                      # images per process
-    workers: int = 4                         # data loader processes per process
-    # optimisation
-    iters: int = 160000
-    lr: float = 6e-5
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.01
-    warmup_iters: int = 1500
-    warmup_ratio: float = 1e-6
-    power: float = 1.0
-    min_lr: float = 0.0
-    aux_weight: float = 0.4
-    clip_grad: float | None = None
-    amp: str = "none"                        # a key of AMP_DTYPES; fp16 uses a GradScaler
-    # run
-    work_dir: str = "work_dirs/iwin_upernet"
-    checkpoint_interval: int = 16000         # latest.pth every N iterations (0: only at the end)
-    keep_checkpoints: int = 0                # also keep the K most recent iter_N.pth
-    resume: str | None = None                # a checkpoint, its folder, or "auto" (work_dir/latest.pth if any)
-    val_interval: int = 16000                # 0: never
-    val_scale: tuple[int, int] = (2048, 512)
-    seed: int = 0
-    deterministic: bool = False
-    device: str | None = None                # default: this process's GPU if any, else the CPU
-    log_interval: int = 50
-    no_progress: bool = False
+    grad_checkpointing: bool = _field(False, "recompute the backbone's and the decoder's activations in the "
+                                             "backward pass (half the activation memory, slower steps)", "model")
+    batch_size: int = _field(2, "images per process", "data")
+    workers: int = _field(4, "data loader processes per process", "data")
+    iters: int = _field(160000, "iterations", "optimisation")
+    lr: float = _field(6e-5, "AdamW learning rate", "optimisation")
+    betas: tuple[float, float] = _field((0.9, 0.999), "AdamW betas", "optimisation")
+    weight_decay: float = _field(0.01, "AdamW weight decay (none on norms, biases)", "optimisation")
+    warmup_iters: int = _field(1500, "linear warm-up iterations", "optimisation")
+    warmup_ratio: float = _field(1e-6, "warm-up start ratio", "optimisation")
+    power: float = _field(1.0, "poly decay power", "optimisation")
+    min_lr: float = _field(0.0, "poly decay end lr", "optimisation")
+    aux_weight: float = _field(0.4, "auxiliary loss weight", "optimisation")
+    clip_grad: float | None = _field(None, "clip the gradient norm (default: off)", "optimisation")
+    precision: str = _field("fp32", "autocast precision: fp32 (none), bf16 or fp16 (fp16 uses a GradScaler)",
+                            "optimisation")
+    work_dir: str = _field("work_dirs/iwin_upernet", "checkpoints, log, final model", "run")
+    checkpoint_interval: int = _field(16000, "write work-dir/latest.pth every N iterations, and at the end "
+                                             "(0: only at the end)", "run")
+    keep_checkpoints: int = _field(0, "also keep the K most recent iter_N.pth", "run")
+    resume: str | None = _field(None, "continue from a checkpoint, its folder, or auto (the default with no "
+                                      "value: work-dir/latest.pth if any)", "run")
+    val_interval: int = _field(16000, "validate every N iterations and at the end; 0 for never", "run")
+    val_scale: tuple[int, int] = _field((2048, 512), "validation: images fitted into this size, as the test "
+                                                     "protocol", "run")
+    seed: int = _field(0, "seed of the data order, the augmentation and (seed + rank) dropout", "run")
+    deterministic: bool = _field(False, "deterministic algorithms (bit-identical resumes; slower)", "run")
+    device: str | None = _field(None, "cpu, cuda, cuda:1 (default: this process's GPU if any, else the CPU)",
+                                "run")
+    log_interval: int = _field(50, "loss/lr log every N iterations", "run")
+    no_progress: bool = _field(False, "no progress bar", "run")
+    amp: dataclasses.InitVar[str | None] = None
+
+    def __post_init__(self, amp: str | None) -> None:
+        if amp is not None:
+            warnings.warn("TrainConfig(amp=...) is deprecated: use precision= (\"none\" is \"fp32\")",
+                          DeprecationWarning, stacklevel=3)
+            self.precision = "fp32" if amp == "none" else amp
 
     def validate(self) -> TrainConfig:
         """Raise ValueError naming the first bad field; return the config."""
-        for name in ("iters", "batch_size", "crop_size", "log_interval"):
+        for name in ("iters", "batch_size", "log_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         for name in ("workers", "checkpoint_interval", "val_interval", "keep_checkpoints"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative")
-        if self.amp not in AMP_DTYPES:
-            raise ValueError(f"--amp must be one of {', '.join(sorted(AMP_DTYPES))}, got {self.amp!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         return self
 
     def to_dict(self) -> dict:
@@ -446,35 +444,71 @@ class TrainConfig:
         return path
 
 
+def setup(config: TrainConfig) -> torch.device:
+    """The explicit set-up of a training process, before its model is built; returns its device.
+
+    Starts torch.distributed under torchrun (:func:`iwin_models.distributed.init_distributed`), sets the
+    global determinism flags (:func:`set_determinism`) and seeds python, numpy and torch with
+    ``config.seed`` (:func:`seed_everything`), so that every process builds the same initial weights.
+    Everything here is process-wide state, which is why a :class:`Trainer` does none of it.
+    """
+    device, _ = init_distributed(config.device)
+    set_determinism(config.deterministic, device)
+    seed_everything(config.seed)
+    return device
+
+
 # --- the trainer ----------------------------------------------------------------------------------
+
+def _plain(value):
+    """Tuples as lists, in dicts and lists too: values as a checkpoint stores (and compares) them."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _check_set_up(config: TrainConfig) -> None:
+    """A clear error (or warning) when the process was not set up for ``config`` (see :func:`setup`)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    started = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if world_size > 1 and not started:
+        raise RuntimeError(f"this process is one of {world_size} (torchrun) but torch.distributed is not "
+                           f"initialised: call iwin_models.training.setup(config) before building the model")
+    if config.deterministic and not torch.are_deterministic_algorithms_enabled():
+        warnings.warn("deterministic=True but torch's deterministic algorithms are off: call "
+                      "iwin_models.training.setup(config) first for bit-identical resumes", stacklevel=3)
+
 
 class Trainer:
     """Trains ``model`` (a segmenter: ``model(x, return_aux=True)`` gives logits and aux logits) on
     ``train_set`` (``(image tensor, label tensor)`` samples; random augmentation is seeded per sample)
     with ``config``; validates on ``val_set`` (see :func:`iwin_models.evaluation.evaluate`) if given.
 
-    Construction starts torch.distributed under torchrun (:func:`iwin_models.distributed.init_distributed`),
-    sets determinism, moves the model to its device (SyncBN there with several GPUs) and builds the
-    optimiser, scheduler and GradScaler; :meth:`fit` resumes (``config.resume``), wraps the model in DDP
-    with several processes and runs the loop, writing ``work_dir/latest.pth`` and ``work_dir/final``.
+    Call :func:`setup` first (process group, determinism, seeds). Construction changes no global state:
+    it moves the model to its device (SyncBN there with several GPUs) and builds the optimiser, scheduler
+    and GradScaler. :meth:`fit` resumes (``config.resume``), wraps the model in DDP with several
+    processes and runs the loop, writing ``work_dir/latest.pth`` and ``work_dir/final``. ``run_args``
+    (e.g. the command's options that built the model and data) are stored in every checkpoint beside
+    the config and compared on resume.
     """
 
-    def __init__(self, model: nn.Module, train_set, config: TrainConfig | None = None, val_set=None):
+    def __init__(self, model: nn.Module, train_set, config: TrainConfig | None = None, val_set=None, *,
+                 run_args: dict | None = None):
         self.config = config = (config or TrainConfig()).validate()
         if getattr(model, "auxiliary_head", True) is None and config.aux_weight:
             raise ValueError("the model has no auxiliary head; train it with --aux-weight 0")
+        _check_set_up(config)
         self.train_set, self.val_set = train_set, val_set
-        self.device, _ = init_distributed(config.device)
+        self.run_args = dict(run_args or {})
+        self.device = local_device(config.device)
         self.rank, self.world_size = world()
         self.work_dir = Path(config.work_dir)
         self.log_file = self.work_dir / "train.log" if self.rank == 0 else None
-        if self.rank == 0:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-        set_determinism(config.deterministic, self.device)
         self.model = self.net = self._prepare_model(model)
-        torch.manual_seed(config.seed + self.rank)  # dropout / drop-path differ between processes
         self.optimizer, self.scheduler, self.scaler = self._build_optimisation()
-        self.amp_dtype = AMP_DTYPES[config.amp]
+        self.amp_dtype = PRECISIONS[config.precision]
         self.iteration = 0
         self.sampler: InfiniteSampler | None = None
         self._resumed_from: Path | None = None
@@ -483,6 +517,7 @@ class Trainer:
     def log(self, message: str) -> None:
         """Print ``message`` (and append it to work_dir/train.log) on rank 0."""
         if self.rank == 0:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
             _log(message, self.log_file)
 
     def _prepare_model(self, model: nn.Module) -> nn.Module:
@@ -499,7 +534,7 @@ class Trainer:
         c = self.config
         optimizer = build_optimizer(self.model, c.lr, c.weight_decay, c.betas)
         scheduler = build_scheduler(optimizer, c.iters, c.warmup_iters, c.warmup_ratio, c.power, c.min_lr)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=AMP_DTYPES[c.amp] is torch.float16)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=PRECISIONS[c.precision] is torch.float16)
         return optimizer, scheduler, scaler
 
     # --- resume and checkpoints
@@ -517,8 +552,9 @@ class Trainer:
         self._pending_rng = checkpoint.get("rng")
         self._resumed_from = Path(path)
         saved = checkpoint.get("args", {})
-        changed = [k for k in ("iters", "batch_size", "lr", "seed", "crop_size") if k in saved
-                   and saved[k] != getattr(self.config, k)]
+        now = self._args()
+        changed = [k for k in ("iters", "batch_size", "lr", "seed", "crop_size") if k in saved and k in now
+                   and _plain(saved[k]) != _plain(now[k])]
         if changed:
             self.log(f"warning: resuming with other {', '.join(changed)} than the checkpoint's run "
                      f"({', '.join(f'{k}={saved[k]}' for k in changed)}); the result will differ from an unbroken run")
@@ -542,7 +578,11 @@ class Trainer:
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict(), rng=rng_states,
             sampler=self.sampler.position(self.iteration * c.batch_size) if self.sampler else None,
-            world_size=self.world_size, args=c.to_dict())
+            world_size=self.world_size, args=self._args())
+
+    def _args(self) -> dict:
+        """What a checkpoint records of the run: ``run_args`` and the config."""
+        return {**_plain(self.run_args), **self.config.to_dict()}
 
     def checkpoint(self) -> Path | None:
         """Write work_dir/latest.pth atomically (and iter_N.pth with ``keep_checkpoints``) on rank 0;
@@ -607,7 +647,8 @@ class Trainer:
     def _log_step(self, loss: torch.Tensor, lr: float, bar) -> float:
         value = loss.item()
         if not math.isfinite(value) and self.amp_dtype is not torch.float16:
-            raise FloatingPointError(f"the loss is {value} at iteration {self.iteration}; lower --lr or use --amp none")
+            raise FloatingPointError(f"the loss is {value} at iteration {self.iteration}; "
+                                     f"lower --lr or use --precision fp32")
         bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.3g}")
         if self.log_file is not None:  # the file only: a line per step would flood the terminal
             with open(self.log_file, "a", encoding="utf-8") as f:
@@ -630,9 +671,10 @@ class Trainer:
         from tqdm import tqdm
 
         c = self.config
+        torch.manual_seed(c.seed + self.rank)  # dropout / drop-path differ between processes
         path = c.resume_path()
         if path is not None:
-            self.resume(path)
+            self.resume(path)  # its random states replace these when the loop starts
         self._wrap()
         batches = iter(self.build_loader())
         self._restore_rng()  # last: nothing after this draws random numbers before the first step

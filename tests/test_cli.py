@@ -1,5 +1,6 @@
 """The ``iwin-seg`` command package: dispatch, the one model resolver, the one data-set builder, every
-command's options, and the rule that argparse lives in ``iwin_models/cli/`` only."""
+command's options (one precision option and table, the fast path by default), and the rule that argparse
+lives in ``iwin_models/cli/`` only."""
 from __future__ import annotations
 
 import importlib
@@ -15,7 +16,7 @@ from conftest import MINI, REPO
 from test_data import make_ade20k, make_folder
 
 from iwin_models import cli
-from iwin_models.cli.common import DTYPES, build_dataset, resolve_model
+from iwin_models.cli.common import PRECISIONS, build_dataset, fast_model, resolve_model
 from iwin_models.data import ADE20KDataset, FolderSegmentationDataset
 from iwin_models.segmenter import IwinUPerNet
 
@@ -68,12 +69,12 @@ def test_help_lists_every_command(capsys):
 
 # options the README's commands use, per command
 README_OPTIONS = {
-    "predict": ["--model", "--weights", "--aug", "--dtype", "--out", "--slide", "--device"],
+    "predict": ["--model", "--weights", "--aug", "--precision", "--out", "--slide", "--device", "--no-fast"],
     "eval": ["--model", "--weights", "--data-root", "--split", "--images", "--labels", "--class-names",
              "--num-classes", "--ignore-index", "--reduce-zero-label", "--limit", "--aug", "--slide", "--scale",
-             "--dtype", "--device", "--json", "--no-progress"],
+             "--precision", "--device", "--json", "--no-progress", "--no-fast"],
     "train": ["--model", "--weights", "--pretrained", "--no-pretrained-backbone", "--data-root", "--work-dir",
-              "--resume", "--iters", "--batch-size"],
+              "--resume", "--iters", "--batch-size", "--precision", "--grad-checkpointing", "--no-fast"],
     "flops": ["--model", "--shape"],
     "convert": ["checkpoint", "--model", "--out"],
     "export": ["--model", "--weights", "--onnx", "--program", "--height", "--width", "--opset", "--dynamic"],
@@ -147,8 +148,89 @@ def test_unknown_models_and_bad_devices_are_one_line_errors(ws, tmp_path, capsys
     _one_line_error(capsys.readouterr().err, "convert", "unknown model")
 
 
-def test_dtypes():
-    assert DTYPES == {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+def test_one_precision_table():
+    from iwin_models import training
+
+    assert PRECISIONS is training.PRECISIONS
+    assert PRECISIONS == {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    with pytest.warns(DeprecationWarning, match="use PRECISIONS"):
+        from iwin_models.cli.common import DTYPES
+    assert DTYPES is PRECISIONS
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "train"])
+@pytest.mark.parametrize("argv, precision, note", [
+    ([], "fp32", None), (["--precision", "bf16"], "bf16", None),
+    (["--dtype", "bf16"], "bf16", "--dtype is deprecated; use --precision bf16"),
+    (["--amp", "fp16"], "fp16", "--amp is deprecated; use --precision fp16"),
+    (["--amp", "none"], "fp32", "--amp is deprecated; use --precision fp32"),
+])
+def test_precision_option_and_its_old_spellings(capsys, command, argv, precision, note):
+    args = cli.build_parser(command).parse_args([command, *argv])
+    assert args.precision == precision
+    err = capsys.readouterr().err
+    assert (f"iwin-seg {command}: warning: {note}" in err) if note else err == ""
+
+
+# --- fast by default -------------------------------------------------------------------------------
+
+def _has_twins(model) -> bool:
+    from iwin_models.layers.twin import CpuTwin
+
+    return any(isinstance(m, CpuTwin) for m in model.modules())
+
+
+def test_fast_model_converts_on_the_cpu_unless_told_not_to(ws):
+    from iwin_models.layers.config import fast_paths
+
+    model = fast_model(resolve_model(str(ws["five"])))
+    assert _has_twins(model) and fast_model(model) is model  # converted in place, once
+    assert not _has_twins(fast_model(resolve_model(str(ws["five"])), fast=False))  # --no-fast
+    with fast_paths(False):  # what IWIN_FAST_PATH=0 sets
+        assert not _has_twins(fast_model(resolve_model(str(ws["five"]))))
+    elsewhere = resolve_model(str(ws["five"])).to("meta")  # not the CPU: the plain model
+    assert fast_model(elsewhere) is elsewhere and not _has_twins(elsewhere)
+
+
+@pytest.fixture
+def conversions(monkeypatch) -> list:
+    """Every optimize_for_cpu call (its ``inplace``), the command's and any segment()/predict() would make."""
+    import iwin_models.optimize as optimize
+
+    calls, real = [], optimize.optimize_for_cpu
+
+    def spy(model, **kwargs):
+        calls.append(kwargs.get("inplace", True))
+        return real(model, **kwargs)
+
+    monkeypatch.setattr(optimize, "optimize_for_cpu", spy)
+    return calls
+
+
+def _command_argv(command: str, ws: dict, out: Path) -> list[str]:
+    five, images, labels = str(ws["five"]), str(ws["images"]), str(ws["labels"])
+    return {
+        "predict": ["predict", str(next(ws["images"].iterdir())), "--model", five, "--out", str(out), "--no-progress"],
+        "eval": ["eval", "--model", five, "--images", images, "--labels", labels, "--no-progress",
+                 "--scale", "64", "32"],
+        "train": ["train", "--model", five, "--images", images, "--labels", labels, "--class-names", "bg,a,b,c,d",
+                  "--iters", "1", "--crop-size", "32", "--scale", "32", "32", "--batch-size", "1", "--workers", "0",
+                  "--val-interval", "0", "--checkpoint-interval", "0", "--no-progress", "--work-dir", str(out)],
+        "flops": ["flops", "--model", "iwin_tiny", "--shape", "3", "32", "32"],
+    }[command]
+
+
+@pytest.mark.parametrize("command, converted", [("predict", [True]), ("eval", [True]), ("train", [True]),
+                                                ("flops", [])])
+def test_commands_run_the_fast_model_on_the_cpu_once(ws, tmp_path, conversions, capsys, command, converted):
+    """predict, eval and train convert the model once, in place (segment() is told not to convert again);
+    --no-fast runs it plain; flops (and export) take the plain model."""
+    assert cli.main(_command_argv(command, ws, tmp_path / "fast")) == 0, capsys.readouterr().err
+    assert conversions == converted
+    conversions.clear()
+    if command != "flops":
+        assert cli.main(_command_argv(command, ws, tmp_path / "plain") + ["--no-fast"]) == 0
+        assert conversions == []
 
 
 # --- the model resolver ---------------------------------------------------------------------------
@@ -320,14 +402,15 @@ def test_argparse_only_in_cli():
     assert not offenders, offenders
 
 
-def test_one_definition_of_dtypes_and_ignore_index():
-    defined = {"_DTYPES =": [], "DTYPES =": [], "IGNORE_INDEX =": []}
+def test_one_definition_of_precisions_and_ignore_index():
+    defined = {"_DTYPES =": [], "DTYPES =": [], "AMP_DTYPES =": [], "PRECISIONS =": [], "IGNORE_INDEX =": []}
     for path in sorted(PACKAGE.rglob("*.py")):
         for line in path.read_text(encoding="utf-8").splitlines():
             for name in defined:
                 if line.startswith(name) and not line.startswith(f"{name} ade20k."):
                     defined[name].append(str(path.relative_to(PACKAGE)))
-    assert defined["_DTYPES ="] == [] and defined["DTYPES ="] == [str(Path("cli", "common.py"))]
+    assert defined["_DTYPES ="] == defined["DTYPES ="] == defined["AMP_DTYPES ="] == [], defined
+    assert defined["PRECISIONS ="] == ["training.py"], defined
     assert defined["IGNORE_INDEX ="] == ["ade20k.py"], defined
 
 
@@ -342,7 +425,7 @@ def test_library_modules_keep_their_functions():
     assert not hasattr(evaluation, "init_distributed")  # in iwin_models.distributed
 
 
-def test_export_passes_its_options_to_the_library(ws, tmp_path, monkeypatch, capsys):
+def test_export_passes_its_options_to_the_library(ws, tmp_path, monkeypatch, capsys, conversions):
     """The command's part: options -> export_onnx / export_program arguments (the graphs themselves,
     fixed and dynamic, are tested in tests/test_export.py)."""
     import iwin_models.export as export
@@ -373,3 +456,4 @@ def test_export_passes_its_options_to_the_library(ws, tmp_path, monkeypatch, cap
     assert cli.main(["export", "--model", str(ws["five"]), "--onnx", str(tmp_path / "m.onnx")]) == 0
     assert calls == [("onnx", "IwinUPerNet", False, "m.onnx", 512, 512, 18, False)]
     assert "input 'image' 1x3x512x512" in capsys.readouterr().out
+    assert conversions == []  # export records the plain model

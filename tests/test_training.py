@@ -298,19 +298,61 @@ def test_param_groups_and_lr_schedule():
     assert short.get_last_lr() == [0.0]
 
 
-def test_cli_options_are_the_config_fields():
-    """``iwin-seg train``'s options parse to TrainConfig's defaults; validate() names the bad field."""
+def _parser():
     import argparse
 
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(prog="iwin-seg train")
     train_cli.add_arguments(parser)
-    assert train_cli.config_from_args(parser.parse_args([])) == training.TrainConfig()
-    config = train_cli.config_from_args(parser.parse_args(["--scale", "64", "48", "--resume", "--amp", "bf16"]))
-    assert config.scale == (64, 48) and config.resume == "auto" and config.amp == "bf16"
+    return parser
+
+
+def test_cli_options_are_the_fields_of_the_config_and_the_build_options(capsys):
+    """``iwin-seg train``'s options are made from TrainConfig (the Trainer's) and BuildOptions (the
+    command's) fields: each field is one option with the field's default, and nothing else is."""
+    import dataclasses
+
+    parser = _parser()
+    args = parser.parse_args([])
+    assert train_cli.config_from_args(args) == training.TrainConfig()
+    assert train_cli.options_from_args(args) == train_cli.BuildOptions()
+    config_fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
+    build_fields = {f.name for f in dataclasses.fields(train_cli.BuildOptions)}
+    assert not config_fields & build_fields and {"model", "data_root", "crop_size"} <= build_fields
+    assert {"iters", "lr", "precision", "work_dir", "batch_size"} <= config_fields
+    options = {a.dest for a in parser._actions if a.dest != "help"}
+    assert options == config_fields | build_fields | {"fast"}
+    assert all(f.metadata["help"] for f in dataclasses.fields(training.TrainConfig))
+
+    config = train_cli.config_from_args(parser.parse_args(["--val-scale", "64", "48", "--resume", "--precision",
+                                                           "bf16", "--iters", "7", "--clip-grad", "1.5"]))
+    assert (config.val_scale, config.resume, config.precision, config.iters, config.clip_grad) == (
+        (64, 48), "auto", "bf16", 7, 1.5)
+    options = train_cli.options_from_args(parser.parse_args(["--scale", "64", "48", "--no-pretrained-backbone"]))
+    assert options.scale == (64, 48) and options.no_pretrained_backbone and options.crop_size == 512
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("old, precision", [("--amp none", "fp32"), ("--amp bf16", "bf16"), ("--dtype fp16", "fp16")])
+def test_old_precision_spellings_still_parse_with_a_note(capsys, old, precision):
+    config = train_cli.config_from_args(_parser().parse_args(old.split()))
+    assert config.precision == precision
+    assert f"iwin-seg train: warning: {old.split()[0]} is deprecated; use --precision {precision}" in \
+        capsys.readouterr().err
+
+
+def test_config_validation_names_the_bad_field():
     for bad, message in [(dict(iters=0), "--iters must be positive"), (dict(log_interval=0), "--log-interval must"),
-                         (dict(workers=-1), "--workers must not be negative"), (dict(amp="fp8"), "--amp must be one")]:
+                         (dict(workers=-1), "--workers must not be negative"),
+                         (dict(precision="fp8"), "--precision must be one of fp32, bf16, fp16")]:
         with pytest.raises(ValueError, match=message):
             training.TrainConfig(**bad).validate()
+    with pytest.raises(ValueError, match="--crop-size must be positive"):
+        train_cli.BuildOptions(crop_size=0).validate()
+    with pytest.warns(DeprecationWarning, match="use precision="):
+        assert training.TrainConfig(amp="none").precision == "fp32"
+    with pytest.warns(DeprecationWarning, match="PRECISIONS"):
+        assert training.AMP_DTYPES == {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    assert training.PRECISIONS == {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class _Squares(torch.utils.data.Dataset):
@@ -355,6 +397,95 @@ def test_trainer_on_plain_objects_resumes_exactly(tmp_path):
     loss = training.train_step(first.model, images, labels, first.optimizer, aux_weight=0.0)
     assert loss.ndim == 0 and math.isfinite(loss.item())
     assert any(not torch.equal(before[k], v) for k, v in first.model.state_dict().items())  # it stepped
+
+
+def _global_state() -> dict:
+    """The process-wide state a Trainer must leave alone."""
+    import random
+
+    return dict(deterministic=torch.are_deterministic_algorithms_enabled(),
+                cudnn=(torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic),
+                torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state()[1].copy(),
+                python_rng=random.getstate(), process_group=torch.distributed.is_initialized(),
+                cublas=os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+
+
+def _assert_same_state(before: dict, after: dict) -> None:
+    assert before.keys() == after.keys()
+    for key in before:
+        a, b = before[key], after[key]
+        same = torch.equal(a, b) if isinstance(a, torch.Tensor) else np.array_equal(a, b) \
+            if isinstance(a, np.ndarray) else a == b
+        assert same, key
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_constructing_a_trainer_has_no_global_side_effect(tmp_path, deterministic):
+    """Process group, determinism flags and seeding are setup()'s; a Trainer changes none (nor makes its
+    work_dir) until fit()."""
+    model = IwinUPerNet(**TINY)
+    torch.rand(5)  # some state of its own
+    before = _global_state()
+    config = training.TrainConfig(work_dir=str(tmp_path / "run"), deterministic=deterministic, seed=5, workers=0)
+    warns = pytest.warns(UserWarning, match=r"call iwin_models.training.setup\(config\) first") if deterministic \
+        else contextlib.nullcontext()
+    with warns:
+        trainer = training.Trainer(model, _Squares(), config)
+    _assert_same_state(before, _global_state())
+    assert trainer.device == torch.device("cpu") and (trainer.rank, trainer.world_size) == (0, 1)
+    assert not (tmp_path / "run").exists()
+
+
+def test_setup_sets_the_process_up():
+    import random
+
+    cudnn = torch.backends.cudnn
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             cudnn.benchmark, cudnn.deterministic, torch.get_rng_state(), np.random.get_state(), random.getstate())
+    try:
+        device = training.setup(training.TrainConfig(deterministic=True, seed=7, device="cpu"))
+        assert device == torch.device("cpu") and not torch.distributed.is_initialized()  # one process: no group
+        assert torch.are_deterministic_algorithms_enabled() and cudnn.deterministic and not cudnn.benchmark
+        drawn = torch.rand(3), np.random.rand(3), random.random()
+        training.seed_everything(7)
+        assert torch.equal(drawn[0], torch.rand(3)) and np.array_equal(drawn[1], np.random.rand(3))
+        assert drawn[2] == random.random()
+        training.setup(training.TrainConfig(deterministic=False, device="cpu"))
+        assert cudnn.benchmark  # the autotuner, when determinism is not asked for
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        cudnn.benchmark, cudnn.deterministic = saved[2], saved[3]
+        torch.set_rng_state(saved[4])
+        np.random.set_state(saved[5])
+        random.setstate(saved[6])
+
+
+def test_a_trainer_under_torchrun_without_setup_says_so(tmp_path, monkeypatch):
+    model = IwinUPerNet(**TINY)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match=r"one of 2 \(torchrun\).*call iwin_models.training.setup\(config\)"):
+        training.Trainer(model, _Squares(), training.TrainConfig(work_dir=str(tmp_path)))
+
+
+def test_checkpoints_go_through_the_one_atomic_writer(tmp_path, monkeypatch):
+    """save_checkpoint and the kept iter_N.pth copies are write_atomic(durable=True): open()'s mode, the
+    file and its folder fsynced (tests/test_files.py); iter_N.pth is a hard link where possible."""
+    from iwin_models import files
+
+    calls = []
+
+    def recording(path, write, *, durable=False):
+        calls.append((Path(path).name, durable))
+        return files.write_atomic(path, write, durable=durable)
+
+    monkeypatch.setattr(training, "write_atomic", recording)
+    latest = training.save_checkpoint({"x": torch.arange(3)}, tmp_path / "new" / "latest.pth")
+    training._link_or_copy(latest, tmp_path / "new" / "iter_1.pth")
+    assert calls == [("latest.pth", True), ("iter_1.pth", True)]
+    assert latest.stat().st_mode & 0o777 == files.new_file_mode()
+    assert (tmp_path / "new" / "iter_1.pth").stat().st_ino == latest.stat().st_ino
+    assert torch.equal(torch.load(tmp_path / "new" / "iter_1.pth", weights_only=True)["x"], torch.arange(3))
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["iter_1.pth", "latest.pth"]
 
 
 def test_sampler_resumes_mid_epoch_and_shards():

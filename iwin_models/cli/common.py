@@ -1,11 +1,15 @@
-"""What the commands share: the one model resolver, the one data-set builder, precisions and options.
+"""What the commands share: the one model resolver, the one data-set builder, precision and speed options.
 
 Every command that needs a segmenter resolves it with :func:`resolve_model` ("a registered name, a
 ``save_pretrained`` folder, or either with ``--weights``"), and every command that reads a data set
-from its options builds it with :func:`build_dataset` (ADE20K, or a folder data set).
+from its options builds it with :func:`build_dataset` (ADE20K, or a folder data set). ``predict``,
+``eval`` and ``train`` take ``--precision`` (:func:`add_precision_option`, one table:
+:data:`iwin_models.training.PRECISIONS`) and run the model :func:`fast_model` gives (CPU fast twins
+unless ``--no-fast`` or ``IWIN_FAST_PATH=0``).
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -13,9 +17,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DTYPES", "STARTS", "add_model_arguments", "resolve_model", "build_dataset", "parse_device"]
+from ..training import PRECISIONS
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # --dtype: autocast precision
+__all__ = ["PRECISIONS", "STARTS", "add_model_arguments", "add_precision_option", "add_fast_option", "fast_model",
+           "resolve_model", "build_dataset", "parse_device"]
+
 STARTS = ("official", "random", "imagenet")  # what a registered name without --weights starts from
 
 DEFAULT_MODEL = "iwin_tiny_upernet_ade20k"
@@ -34,6 +40,50 @@ def add_model_arguments(parser, default: str | None = DEFAULT_MODEL, weights_hel
     else:
         parser.add_argument("--model", default=default, help=model_help + " (default: %(default)s)")
     parser.add_argument("--weights", metavar=weights_metavar, help=weights_help)
+
+
+class _OldPrecisionSpelling(argparse.Action):
+    """``--dtype X`` / ``--amp X`` (``none``: fp32), the old spellings of ``--precision X``: stored as
+    ``--precision``, with a deprecation note on stderr."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        precision = "fp32" if value == "none" else value
+        print(f"{parser.prog}: warning: {option_string} is deprecated; use --precision {precision}", file=sys.stderr)
+        setattr(namespace, self.dest, precision)
+
+
+def add_precision_option(parser, default: str = "fp32", help: str = "autocast precision") -> None:
+    """``--precision`` (a key of PRECISIONS) on ``parser``, and its old spellings ``--dtype`` and ``--amp``."""
+    parser.add_argument("--precision", choices=list(PRECISIONS), default=default,
+                        help=f"{help} (default: %(default)s)")
+    for old in ("--dtype", "--amp"):
+        parser.add_argument(old, dest="precision", choices=[*PRECISIONS, "none"], action=_OldPrecisionSpelling,
+                            help=argparse.SUPPRESS)
+
+
+def add_fast_option(parser) -> None:
+    """``--no-fast``: the command runs the plain model (``args.fast`` False), as with ``IWIN_FAST_PATH=0``."""
+    parser.add_argument("--no-fast", dest="fast", action="store_false",
+                        help="run the plain model, without iwin_models.optimize_for_cpu's CPU fast twins "
+                             "(also: IWIN_FAST_PATH=0)")
+
+
+def fast_model(model: torch.nn.Module, fast: bool = True) -> torch.nn.Module:
+    """The model a command runs, decided once: on the CPU, ``iwin_models.optimize_for_cpu(model)`` (fast
+    twins in place, the same outputs to float32 round-off; they keep autograd, so ``train`` uses them
+    too) unless ``fast`` is False (``--no-fast``) or ``IWIN_FAST_PATH=0``; on other devices the plain
+    model. Call it once the model is on its device; the commands then tell ``segment()`` and
+    ``predict()`` not to convert again (``fast=False``)."""
+    from ..layers.config import use_fast_path
+
+    if not (fast and use_fast_path()) or next(model.parameters()).device.type != "cpu":
+        return model
+    from ..optimize import optimize_for_cpu
+
+    try:
+        return optimize_for_cpu(model)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{e} (--no-fast runs the plain model)") from e
 
 
 def parse_device(device: str | torch.device | None) -> torch.device:
@@ -169,3 +219,10 @@ def _default_names(num_classes: int | None, model) -> list[str]:
         raise ValueError("a folder data set needs --class-names (file or comma list) or --num-classes")
     model_names = getattr(model, "class_names", None)
     return list(model_names) if model_names and len(model_names) == n else [f"class {i}" for i in range(n)]
+
+
+def __getattr__(name: str):
+    if name == "DTYPES":  # the old name of the precision table (--dtype)
+        warnings.warn("iwin_models.cli.common.DTYPES is deprecated: use PRECISIONS", DeprecationWarning, stacklevel=2)
+        return PRECISIONS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

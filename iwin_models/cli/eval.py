@@ -5,7 +5,15 @@ import json
 import sys
 from pathlib import Path
 
-from .common import DTYPES, add_model_arguments, build_dataset, resolve_model
+from .common import (
+    PRECISIONS,
+    add_fast_option,
+    add_model_arguments,
+    add_precision_option,
+    build_dataset,
+    fast_model,
+    resolve_model,
+)
 
 
 def add_arguments(parser) -> None:
@@ -31,7 +39,8 @@ def add_arguments(parser) -> None:
     g.add_argument("--slide", action="store_true", help="sliding-window inference (512 crops, stride 341)")
     g.add_argument("--scale", type=int, nargs=2, default=(2048, 512), metavar=("LONG", "SHORT"),
                    help="test scale the image is fitted into (default: 2048 512)")
-    g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="autocast precision (default: fp32)")
+    add_precision_option(g)
+    add_fast_option(g)
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available, else cpu)")
     g.add_argument("--json", metavar="FILE", help="also write the figures (and per-class sums) as JSON")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -61,12 +70,13 @@ def run(args) -> int:
     device, started = init_distributed(args.device)
     try:
         rank, world_size = world()
-        model = resolve_model(args.model, args.weights, device=device)
+        model = fast_model(resolve_model(args.model, args.weights, device=device), args.fast)
         dataset = build_dataset(data_root=args.data_root, split=args.split, images=args.images, labels=args.labels,
                                 class_names=args.class_names, num_classes=args.num_classes,
                                 ignore_index=args.ignore_index, reduce_zero_label=args.reduce_zero_label, model=model)
-        result = evaluate(model, dataset, aug=args.aug, slide=args.slide, dtype=DTYPES[args.dtype],
-                          progress=not args.no_progress, scale=tuple(args.scale), limit=args.limit)
+        result = evaluate(model, dataset, aug=args.aug, slide=args.slide, dtype=PRECISIONS[args.precision],
+                          progress=not args.no_progress, scale=tuple(args.scale), limit=args.limit,
+                          fast=False)  # fast_model decided
         if rank == 0:
             _report(model, dataset, result, args, world_size)
     finally:

@@ -30,7 +30,7 @@ def run(args) -> int:
     import torch
 
     from ..export import export_onnx, export_program
-    from ..io import write_atomic
+    from ..files import write_atomic
 
     if not args.onnx and not args.program:
         raise ValueError("nothing to do: give --onnx OUT.onnx and/or --program OUT.pt2")

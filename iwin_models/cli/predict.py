@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import DTYPES, add_model_arguments, resolve_model
+from .common import PRECISIONS, add_fast_option, add_model_arguments, add_precision_option, fast_model, resolve_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -32,7 +32,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scale", type=int, nargs=2, default=(2048, 512), metavar=("LONG", "SHORT"),
                         help="test scale the image is fitted into (default: 2048 512; an aerial tile at its "
                              "own resolution: its own size, e.g. --scale 10000 10000 --slide)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="autocast precision (default: fp32)")
+    add_precision_option(parser)
+    add_fast_option(parser)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available, else cpu)")
     parser.add_argument("--skip-existing", action="store_true",
                         help="leave images whose overlay and label PNGs are already there (continue a run)")
@@ -64,13 +65,13 @@ def outputs(out: Path, image: Path) -> tuple[Path, Path]:
 
 def save_atomic(picture, path: Path) -> None:
     """``picture.save(path)`` as a PNG, through a temporary file in the same folder and a rename."""
-    from ..io import write_atomic
+    from ..files import write_atomic
 
     write_atomic(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 
 def _read(path: Path) -> tuple[np.ndarray | None, str | None]:
-    from ..io import load_image
+    from ..images import load_image
 
     try:
         return load_image(path), None
@@ -134,8 +135,8 @@ def segment_files(model, files: Sequence[Path], out: Path, args, progress: bool 
             if report_each:
                 tqdm.write(f"iwin-seg predict: skipped {path}: {error}", file=sys.stderr)
             continue
-        labels = predict(model, image, aug=args.aug, slide=args.slide, dtype=DTYPES[args.dtype],
-                         scale=tuple(args.scale), labels_dtype=labels_dtype)
+        labels = predict(model, image, aug=args.aug, slide=args.slide, dtype=PRECISIONS[args.precision],
+                         scale=tuple(args.scale), labels_dtype=labels_dtype, fast=False)  # fast_model decided
         write_outputs(out, path, image, labels, names, palette)
         del image, labels
         overlay_path, labels_path = outputs(out, path)
@@ -156,7 +157,7 @@ def run(args) -> int:
     device, started = init_distributed(args.device)
     try:
         rank, world_size = world()
-        model = resolve_model(args.model, args.weights, device=device)
+        model = fast_model(resolve_model(args.model, args.weights, device=device), args.fast)
         mine = files[rank::world_size]
         if args.skip_existing:
             mine = [f for f in mine if not all(p.is_file() for p in outputs(out, f))]

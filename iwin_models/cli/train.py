@@ -1,10 +1,12 @@
 """``iwin-seg train``: fine-tune a segmenter with the authors' ADE20K recipe (:mod:`iwin_models.training`).
 
-The options are the fields of :class:`~iwin_models.training.TrainConfig`; this module builds the model
-(:func:`~iwin_models.cli.common.resolve_model`, starting from the ImageNet backbone) and the data sets
-(:func:`~iwin_models.cli.common.build_dataset`) they name, and runs the
-:class:`~iwin_models.training.Trainer`. ``torchrun --nproc_per_node=N -m iwin_models.cli train ...``
-trains with N processes (DDP).
+The options are made in one place from two dataclasses: :class:`BuildOptions` (what this command
+builds the model and the data sets from) and :class:`~iwin_models.training.TrainConfig` (what the
+:class:`~iwin_models.training.Trainer` reads), each field with its default and help; nothing here
+restates a default. The command sets the process up (:func:`~iwin_models.training.setup`), builds the
+model (:func:`~iwin_models.cli.common.resolve_model`, from the ImageNet backbone; CPU fast twins unless
+``--no-fast``) and the data sets (:func:`~iwin_models.cli.common.build_dataset`), and runs the Trainer.
+``torchrun --nproc_per_node=N -m iwin_models.cli train ...`` trains with N processes (DDP).
 """
 from __future__ import annotations
 
@@ -12,143 +14,172 @@ import argparse
 import dataclasses
 import math
 import sys
+import typing
 
 import torch
 
-from ..distributed import init_distributed
-from ..training import AMP_DTYPES, TrainConfig, Trainer, seed_everything
-from .common import add_model_arguments, build_dataset, resolve_model
+from ..training import TrainConfig, Trainer, setup
+from .common import (
+    DEFAULT_MODEL,
+    add_fast_option,
+    add_model_arguments,
+    add_precision_option,
+    build_dataset,
+    fast_model,
+    resolve_model,
+)
 
-__all__ = ["add_arguments", "run", "config_from_args", "main"]
-
-
-def _model_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("model")
-    add_model_arguments(g, weights_metavar="PATH",
-                        weights_help="segmenter checkpoint (official .pth, safetensors) to fine-tune instead of "
-                                     "the ImageNet start")
-    g.add_argument("--pretrained", metavar="PATH",
-                   help="ImageNet classification checkpoint for the backbone (as the authors' model.pretrained=); "
-                        "default: the variant's official in1k weights via timm")
-    g.add_argument("--no-pretrained-backbone", action="store_true", help="start the backbone from random init")
-    g.add_argument("--num-classes", type=int, default=150, help="classes (default: %(default)s; a folder data set "
-                                                                "with --class-names takes their count)")
-    g.add_argument("--drop-path", type=float, default=0.3, help="stochastic depth of a named model (%(default)s)")
-    g.add_argument("--grad-checkpointing", action="store_true",
-                   help="recompute the backbone's and the decoder's activations in the backward pass "
-                        "(half the activation memory, slower steps)")
+__all__ = ["BuildOptions", "add_arguments", "run", "config_from_args", "options_from_args", "main"]
 
 
-def _data_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("data")
-    g.add_argument("--data-root", metavar="DIR", help="ADEChallengeData2016 folder (images/, annotations/)")
-    g.add_argument("--images", metavar="DIR", help="folder data set: images")
-    g.add_argument("--labels", metavar="DIR", help="folder data set: label PNGs (class index per pixel)")
-    g.add_argument("--class-names", metavar="FILE|LIST", help="file with one name a line (or JSON list), or a "
-                                                              "comma-separated list")
-    g.add_argument("--reduce-zero-label", action="store_true", help="folder labels: 0 ignored, k -> k-1")
-    g.add_argument("--val-images", metavar="DIR", help="folder data set: validation images")
-    g.add_argument("--val-labels", metavar="DIR", help="folder data set: validation labels")
-    g.add_argument("--crop-size", type=int, default=512, help="training crop (default: %(default)s)")
-    g.add_argument("--scale", type=int, nargs=2, default=(2048, 512), metavar=("LONG", "SHORT"),
-                   help="training resize scale before the random ratio (default: 2048 512)")
-    g.add_argument("--ratio-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("LOW", "HIGH"),
-                   help="random resize ratio range (default: 0.5 2.0)")
-    g.add_argument("--batch-size", type=int, default=2, help="images per process (default: %(default)s)")
-    g.add_argument("--workers", type=int, default=4, help="data loader processes per process (default: %(default)s)")
+def _option(default, help: str, group: str):
+    return dataclasses.field(default=default, metadata=dict(help=help, group=group))
 
 
-def _optimisation_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("optimisation")
-    g.add_argument("--iters", type=int, default=160000, help="iterations (default: %(default)s)")
-    g.add_argument("--lr", type=float, default=6e-5, help="AdamW learning rate (default: %(default)s)")
-    g.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"))
-    g.add_argument("--weight-decay", type=float, default=0.01, help="(none on norms, biases) (default: %(default)s)")
-    g.add_argument("--warmup-iters", type=int, default=1500, help="linear warm-up iterations (default: %(default)s)")
-    g.add_argument("--warmup-ratio", type=float, default=1e-6, help="warm-up start ratio (default: %(default)s)")
-    g.add_argument("--power", type=float, default=1.0, help="poly decay power (default: %(default)s)")
-    g.add_argument("--min-lr", type=float, default=0.0, help="poly decay end lr (default: %(default)s)")
-    g.add_argument("--aux-weight", type=float, default=0.4, help="auxiliary loss weight (default: %(default)s)")
-    g.add_argument("--clip-grad", type=float, default=None, metavar="NORM", help="clip the gradient norm (off)")
-    g.add_argument("--amp", choices=sorted(AMP_DTYPES), default="none",
-                   help="autocast precision (fp16 uses a GradScaler)")
+@dataclasses.dataclass
+class BuildOptions:
+    """What ``iwin-seg train`` builds the model and the data sets from (the Trainer is given them built)."""
+
+    model: str = _option(DEFAULT_MODEL, "segmenter name or save_pretrained folder", "model")  # see _add_field
+    weights: str | None = _option(None, "segmenter checkpoint (official .pth, safetensors) to fine-tune instead "
+                                        "of the ImageNet start", "model")
+    pretrained: str | None = _option(None, "ImageNet classification checkpoint for the backbone (as the authors' "
+                                           "model.pretrained=); default: the variant's official in1k weights via timm",
+                                     "model")
+    no_pretrained_backbone: bool = _option(False, "start the backbone from random init", "model")
+    num_classes: int = _option(150, "classes (a folder data set with --class-names takes their count)", "model")
+    drop_path: float = _option(0.3, "stochastic depth of a named model", "model")
+    data_root: str | None = _option(None, "ADEChallengeData2016 folder (images/, annotations/)", "data")
+    images: str | None = _option(None, "folder data set: images", "data")
+    labels: str | None = _option(None, "folder data set: label PNGs (class index per pixel)", "data")
+    class_names: str | None = _option(None, "file with one name a line (or JSON list), or a comma-separated list",
+                                      "data")
+    reduce_zero_label: bool = _option(False, "folder labels: 0 ignored, k -> k-1", "data")
+    val_images: str | None = _option(None, "folder data set: validation images", "data")
+    val_labels: str | None = _option(None, "folder data set: validation labels", "data")
+    crop_size: int = _option(512, "training crop", "data")
+    scale: tuple[int, int] = _option((2048, 512), "training resize scale before the random ratio", "data")
+    ratio_range: tuple[float, float] = _option((0.5, 2.0), "random resize ratio range", "data")
+
+    def validate(self) -> BuildOptions:
+        if self.crop_size < 1:
+            raise ValueError("--crop-size must be positive")
+        return self
 
 
-def _run_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("run")
-    g.add_argument("--work-dir", default="work_dirs/iwin_upernet", help="checkpoints, log, final model "
-                                                                       "(default: %(default)s)")
-    g.add_argument("--checkpoint-interval", type=int, default=16000, metavar="N",
-                   help="write work-dir/latest.pth every N iterations, and at the end (default: %(default)s)")
-    g.add_argument("--keep-checkpoints", type=int, default=0, metavar="K",
-                   help="also keep the K most recent iter_N.pth (default: %(default)s)")
-    g.add_argument("--resume", nargs="?", const="auto", metavar="PATH|auto",
-                   help="continue from a checkpoint (auto, the default with no value: work-dir/latest.pth if any)")
-    g.add_argument("--val-interval", type=int, default=16000, metavar="N",
-                   help="validate every N iterations and at the end; 0 for never (default: %(default)s)")
-    g.add_argument("--val-scale", type=int, nargs=2, default=(2048, 512), metavar=("LONG", "SHORT"),
-                   help="validation: images fitted into this size, as the test protocol (default: 2048 512)")
-    g.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    g.add_argument("--deterministic", action="store_true",
-                   help="deterministic algorithms (bit-identical resumes; slower)")
-    g.add_argument("--device", help="cpu, cuda, cuda:1 (default: this process's GPU if any)")
-    g.add_argument("--log-interval", type=int, default=50, metavar="N", help="loss/lr log every N iterations")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+# argparse details beyond a field's type, default and help
+_METAVARS = {"scale": ("LONG", "SHORT"), "val_scale": ("LONG", "SHORT"), "ratio_range": ("LOW", "HIGH"),
+             "betas": ("B1", "B2"), "clip_grad": "NORM", "checkpoint_interval": "N", "val_interval": "N",
+             "log_interval": "N", "keep_checkpoints": "K", "resume": "PATH|auto", "pretrained": "PATH",
+             "data_root": "DIR", "images": "DIR", "labels": "DIR", "val_images": "DIR", "val_labels": "DIR",
+             "class_names": "FILE|LIST"}
+_OPTIONAL_VALUE = {"resume": "auto"}  # --resume alone means --resume auto
+
+
+def _help(field: dataclasses.Field) -> str:
+    text = field.metadata["help"].replace("%", "%%")
+    if field.default is None or isinstance(field.default, bool):
+        return text
+    shown = " ".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
+    return f"{text} (default: {shown})"
+
+
+def _argparse_keywords(field: dataclasses.Field, hint) -> dict:
+    """``add_argument`` keywords of a dataclass field, from its type hint, default and help."""
+    keywords = dict(default=field.default, help=_help(field))
+    if field.name in _METAVARS:
+        keywords["metavar"] = _METAVARS[field.name]
+    if hint is bool:
+        return dict(keywords, action="store_true")
+    if field.name in _OPTIONAL_VALUE:
+        keywords.update(nargs="?", const=_OPTIONAL_VALUE[field.name])
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        return dict(keywords, type=args[0], nargs=len(args))
+    if type(None) in args:  # X | None
+        hint = next(a for a in args if a is not type(None))
+    return dict(keywords, type=hint)
+
+
+def _add_field(group, field: dataclasses.Field, hint) -> None:
+    if field.name == "model":  # with --weights: the one model option of every command
+        add_model_arguments(group, default=field.default, weights_metavar="PATH",
+                            weights_help=BuildOptions.__dataclass_fields__["weights"].metadata["help"])
+    elif field.name == "precision":  # with --amp, its old spelling
+        add_precision_option(group, default=field.default, help=field.metadata["help"])
+    elif field.name != "weights":
+        group.add_argument(f"--{field.name.replace('_', '-')}", **_argparse_keywords(field, hint))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every :class:`~iwin_models.training.TrainConfig` field as an option, with its default."""
-    for add in (_model_arguments, _data_arguments, _optimisation_arguments, _run_arguments):
-        add(parser)
+    """Every field of :class:`BuildOptions` and :class:`~iwin_models.training.TrainConfig` as an option,
+    with its default and help, in the groups the fields name; and ``--no-fast``."""
+    groups = {}
+    for cls in (BuildOptions, TrainConfig):
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            name = field.metadata["group"]
+            if name not in groups:
+                groups[name] = parser.add_argument_group(name)
+            _add_field(groups[name], field, hints[field.name])
+    add_fast_option(groups["model"])
+
+
+def _from_args(cls, args: argparse.Namespace):
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`~iwin_models.training.TrainConfig` of parsed options (lists as tuples)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    return _from_args(TrainConfig, args)
 
 
-def build_datasets(config: TrainConfig):
-    """(training set with the training transform, validation set or None)."""
+def options_from_args(args: argparse.Namespace) -> BuildOptions:
+    """The :class:`BuildOptions` of parsed options (lists as tuples)."""
+    return _from_args(BuildOptions, args)
+
+
+def build_datasets(options: BuildOptions, validate: bool = True):
+    """(training set with the training transform, validation set or None; None too without ``validate``)."""
     from ..data import build_train_transform
 
-    transform = build_train_transform(crop_size=config.crop_size, scale=tuple(config.scale),
-                                      ratio_range=tuple(config.ratio_range))
-    folder = dict(num_classes=None if config.class_names else config.num_classes,
-                  reduce_zero_label=config.reduce_zero_label)
-    train_set = build_dataset(data_root=config.data_root, split="training", images=config.images,
-                              labels=config.labels, class_names=config.class_names, transform=transform, **folder)
-    if not config.val_interval:
+    o = options
+    transform = build_train_transform(crop_size=o.crop_size, scale=tuple(o.scale), ratio_range=tuple(o.ratio_range))
+    folder = dict(num_classes=None if o.class_names else o.num_classes, reduce_zero_label=o.reduce_zero_label)
+    train_set = build_dataset(data_root=o.data_root, split="training", images=o.images,
+                              labels=o.labels, class_names=o.class_names, transform=transform, **folder)
+    if not validate:
         return train_set, None
-    if config.data_root:
-        return train_set, build_dataset(data_root=config.data_root, split="validation")
-    if not (config.val_images or config.val_labels):
+    if o.data_root:
+        return train_set, build_dataset(data_root=o.data_root, split="validation")
+    if not (o.val_images or o.val_labels):
         return train_set, None
-    if not (config.val_images and config.val_labels):
+    if not (o.val_images and o.val_labels):
         raise ValueError("give both --val-images and --val-labels")
-    return train_set, build_dataset(images=config.val_images, labels=config.val_labels,
-                                    class_names=list(train_set.class_names), reduce_zero_label=config.reduce_zero_label)
+    return train_set, build_dataset(images=o.val_images, labels=o.val_labels,
+                                    class_names=list(train_set.class_names), reduce_zero_label=o.reduce_zero_label)
 
 
-def build_model(config: TrainConfig, num_classes: int, class_names, device: torch.device):
+def build_model(options: BuildOptions, num_classes: int, class_names, device: torch.device):
     """The segmenter to train: a registered name (ImageNet backbone unless ``--weights``), or a folder."""
-    encoder_pretrained = False if config.no_pretrained_backbone else (config.pretrained or True)
-    model = resolve_model(config.model, config.weights, device=device, start="imagenet", num_classes=num_classes,
-                          encoder_pretrained=encoder_pretrained, drop_path_rate=config.drop_path)
+    o = options
+    encoder_pretrained = False if o.no_pretrained_backbone else (o.pretrained or True)
+    model = resolve_model(o.model, o.weights, device=device, start="imagenet", num_classes=num_classes,
+                          encoder_pretrained=encoder_pretrained, drop_path_rate=o.drop_path)
     if class_names is not None:
         palette = model.palette if model.palette and len(model.palette) == num_classes else None
         model.set_class_info(list(class_names), palette)
     return model
 
 
-def _train(config: TrainConfig) -> dict:
-    device, _ = init_distributed(config.device)
-    seed_everything(config.seed)  # the same initial weights in every process
-    train_set, val_set = build_datasets(config)
-    class_names = None if config.data_root else train_set.class_names
-    num_classes = config.num_classes if class_names is None else len(class_names)
-    model = build_model(config, num_classes, class_names, device)
-    return Trainer(model, train_set, config, val_set).fit()
+def _train(options: BuildOptions, config: TrainConfig, fast: bool) -> dict:
+    device = setup(config)  # process group, determinism, seeds: before the model, the same in every process
+    train_set, val_set = build_datasets(options, validate=bool(config.val_interval))
+    class_names = None if options.data_root else train_set.class_names
+    num_classes = options.num_classes if class_names is None else len(class_names)
+    model = fast_model(build_model(options, num_classes, class_names, device), fast)
+    return Trainer(model, train_set, config, val_set, run_args=dataclasses.asdict(options)).fit()
 
 
 def _summary(result: dict) -> str:
@@ -161,9 +192,9 @@ def _summary(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args).validate()
+    options, config = options_from_args(args).validate(), config_from_args(args).validate()
     try:
-        result = _train(config)
+        result = _train(options, config, args.fast)
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -7,13 +7,17 @@ before any pixel is decoded, with an error naming its size. The default, 2**30 p
 32768 x 32768; 3 GiB as decoded RGB, and about 20 bytes per pixel for a whole ``iwin-seg predict``
 run), replaces PIL's own decompression-bomb limit (89 MP warning, 179 MP error) for the files read
 here, so 100-megapixel aerial and microscopy tiles load. Change it with the environment variable
-``IWIN_MAX_IMAGE_PIXELS`` (0: no limit) or by setting ``iwin_models.io.MAX_IMAGE_PIXELS`` (``None``: no limit).
+``IWIN_MAX_IMAGE_PIXELS`` (0: no limit) or by setting ``iwin_models.images.MAX_IMAGE_PIXELS`` (``None``: no limit).
 """
 from __future__ import annotations
 
+import importlib
+import importlib.machinery
 import os
-import tempfile
+import sys
 import threading
+import types
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -22,42 +26,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["load_image", "read_image_file", "image_size", "ImageTooLargeError", "MAX_IMAGE_PIXELS", "NEW_FILE_MODE",
-           "write_atomic"]
-
-# The mode open() gives a new file (0o666 less the umask). Atomic writes go through tempfile.mkstemp,
-# whose files are 0o600, so a renamed output would be unreadable to the group and others; they chmod
-# the temporary file to this. Read once at import: os.umask can only be read by setting it.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-NEW_FILE_MODE = 0o666 & ~_UMASK
+__all__ = ["load_image", "read_image_file", "image_size", "ImageTooLargeError", "MAX_IMAGE_PIXELS", "SIXTEEN_BIT_MODES"]
 
 T = TypeVar("T")
 MAX_IMAGE_PIXELS: int | None = int(os.environ.get("IWIN_MAX_IMAGE_PIXELS") or 2 ** 30) or None  # 0: no limit
-_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # PIL modes of 16-bit (and 32-bit int) images
 _PIL_LIMIT = threading.Lock()  # PIL's limit is a module global: swap it for one open() at a time
 
 
 class ImageTooLargeError(ValueError):
     """An image file larger than :data:`MAX_IMAGE_PIXELS` (raised before decoding)."""
-
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
-    """``write(temporary path)``, then a rename over ``path``: a killed or failed write never leaves a
-    truncated file there. The temporary file sits in the same folder with the mode ``open()`` would give
-    it (``NEW_FILE_MODE``, not mkstemp's 0o600) and is removed on failure."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.chmod(tmp, NEW_FILE_MODE)
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def load_image(source, exif: bool = True) -> np.ndarray:
@@ -118,7 +96,7 @@ def _check_size(path: Path, size: tuple[int, int]) -> None:
     if limit is not None and w * h > limit:
         raise ImageTooLargeError(
             f"{path}: image of {w}x{h} pixels ({w * h / 1e6:.0f} MP, {3 * w * h / 2 ** 30:.1f} GiB as RGB) is over "
-            f"the limit of {limit} pixels (iwin_models.io.MAX_IMAGE_PIXELS / $IWIN_MAX_IMAGE_PIXELS); raise it if "
+            f"the limit of {limit} pixels (iwin_models.images.MAX_IMAGE_PIXELS / $IWIN_MAX_IMAGE_PIXELS); raise it if "
             f"this machine has the memory")
 
 
@@ -136,7 +114,7 @@ def _checked(image: np.ndarray) -> np.ndarray:
 
 
 def _pil_to_rgb(img: Image.Image) -> np.ndarray:
-    if img.mode in _SIXTEEN_BIT:  # 16-bit: scale to 8 bits rather than clip
+    if img.mode in SIXTEEN_BIT_MODES:  # 16-bit: scale to 8 bits rather than clip
         arr = np.asarray(img, dtype=np.float64)
         peak = 65535.0 if arr.max() > 255 else 255.0
         img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
@@ -158,3 +136,50 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
     if arr.dtype != np.uint8:
         raise TypeError(f"expected a uint8 image array (0-255), got dtype {arr.dtype}; convert it first")
     return np.ascontiguousarray(arr)
+
+
+# --- the old module name --------------------------------------------------------------------------
+
+# iwin_models.io held image decoding and the atomic writer until each got a room of its own; a module named
+# like the standard library's ``io`` shadows it wherever the package folder lands on sys.path. The old
+# import path stays, as a module object that warns on each name and forwards it to its new home.
+_MOVED_FROM_IO = {**dict.fromkeys(__all__, __name__),
+                  **dict.fromkeys(("write_atomic", "NEW_FILE_MODE"), f"{__package__}.files")}
+
+
+class _MovedModule(types.ModuleType):
+    """``iwin_models.io``: every name read or set here warns (DeprecationWarning) and is that of its new
+    module, so ``monkeypatch.setattr(iwin_models.io, "MAX_IMAGE_PIXELS", n)`` still sets the limit used."""
+
+    def _home(self, name: str):
+        home = _MOVED_FROM_IO.get(name)
+        if home is None:
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        warnings.warn(f"{self.__name__} is deprecated: use {home}.{name}", DeprecationWarning, stacklevel=3)
+        return importlib.import_module(home)
+
+    def __getattr__(self, name: str):
+        return getattr(self._home(name), name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name.startswith("__"):
+            super().__setattr__(name, value)
+        else:
+            setattr(self._home(name), name, value)
+
+    def __dir__(self) -> list[str]:
+        return sorted(_MOVED_FROM_IO)
+
+
+def _register_old_module_name() -> types.ModuleType:
+    """Put ``iwin_models.io`` in sys.modules (and on the package, for ``import iwin_models.io as io``)."""
+    name = f"{__package__}.io"
+    if not isinstance(sys.modules.get(name), _MovedModule):
+        module = _MovedModule(name, _MovedModule.__doc__)
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        sys.modules[name] = module
+        sys.modules[__package__].io = module
+    return sys.modules[name]
+
+
+_register_old_module_name()
