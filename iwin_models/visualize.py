@@ -32,7 +32,7 @@ def classes_by_area(labels: np.ndarray, num_classes: int) -> list[tuple[int, flo
         counts = counts[ids]
     else:
         ids, counts = np.unique(labels, return_counts=True)
-    order = np.argsort(-counts, kind="stable")
+    order = np.argsort(-counts)  # the default sort, as before: equal areas keep the order of earlier pictures
     return [(int(ids[k]), counts[k] / labels.size) for k in order if 0 <= ids[k] < num_classes]
 
 

@@ -8,6 +8,8 @@ the definition's two best scores are tied (within that round-off).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import warnings
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ import iwin_models.bands as bands
 import iwin_models.inference as inference
 from iwin_models.inference import predict, predict_probs, segment
 from iwin_models.segmenter import IwinUPerNet
-from iwin_models.weights import ADE20K_PROTOCOL
+from iwin_models.weights import ADE20K_PROTOCOL, EvalProtocol
 
 CLASSES = 150
 
@@ -147,51 +149,7 @@ def test_native_slide_never_holds_an_accumulator_over_the_image(model):
     assert largest < CLASSES * h * w // 10, largest  # a band of rows, or two rows of crops at stride 4
 
 
-# --- the decoder's concatenation-free fusion -----------------------------------------------------------
-
-def _decoders():
-    from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
-
-    from iwin_models.segmenter import UPerNetDecoderChannelsLast
-
-    torch.manual_seed(0)
-    channels = (3, 0, 32, 64, 128, 256)
-    ours, smps = UPerNetDecoderChannelsLast(channels, 5, 64).eval(), UPerNetDecoder(channels, 5, 64).eval()
-    ours.load_state_dict(smps.state_dict(), strict=True)
-    with torch.no_grad():  # non-trivial BatchNorm statistics
-        for m in ours.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2)
-    smps.load_state_dict(ours.state_dict())
-    features = [torch.randn(1, c, 75 // 2 ** i + 1, 53 // 2 ** i + 1) for i, c in enumerate(channels)]
-    features = [f.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2) for f in features]  # channels-last, as Iwin's
-    return ours, smps, features
-
-
-def test_fusion_by_channel_groups_equals_smp_forward():
-    from iwin_models.layers.config import fast_paths
-
-    ours, smps, features = _decoders()
-    calls = []
-    grouped = ours._fuse_by_channel_groups
-    ours._fuse_by_channel_groups = lambda maps: calls.append("groups") or grouped(maps)
-    with torch.no_grad():
-        expected = smps(list(features))
-        with fast_paths(False):  # the plain path: smp's forward itself
-            assert torch.equal(ours(list(features)), expected)
-        assert calls == []
-        fast = ours(list(features))
-        assert calls == ["groups"]
-        torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
-        calls.clear()
-        ours.fusion_block.register_forward_hook(lambda *a: calls.append("fusion_block"))
-        torch.testing.assert_close(ours(list(features)), expected, rtol=1e-5, atol=1e-5)
-        assert calls == ["fusion_block"], "a hook on the fusion block sees it run: the plain fusion"
-    calls.clear()
-    with torch.enable_grad():  # training: the concatenation (one tensor kept for backward, not four)
-        torch.testing.assert_close(ours(list(features)), expected, rtol=1e-5, atol=1e-5)
-    assert calls == ["fusion_block"]
-
+# --- the protocol's passes ---------------------------------------------------------------------------
 
 def test_aug_runs_the_mirrored_image_in_a_pass_of_its_own(model):
     """No batch of two at 1.75x the test scale (that pass alone set --aug's peak before)."""
@@ -204,3 +162,119 @@ def test_aug_runs_the_mirrored_image_in_a_pass_of_its_own(model):
     assert len(batches) == 12 and all(b[0] == 1 for b in batches)
     assert sorted({b[2:] for b in batches}) == sorted({inference._rescale_size(30, 40, (64 * r, 48 * r))
                                                         for r in ADE20K_PROTOCOL.aug_ratios})
+
+
+def test_the_protocol_is_read_from_eval_protocol(model):
+    """Scale, ratios, flip, mean and std come from the EvalProtocol given; the old names are its aliases."""
+    assert (inference.TEST_SCALE, inference.AUG_RATIOS, inference.SLIDE_CROP, inference.SLIDE_STRIDE) == (
+        ADE20K_PROTOCOL.scale, ADE20K_PROTOCOL.aug_ratios, ADE20K_PROTOCOL.slide_crop, ADE20K_PROTOCOL.slide_stride)
+    custom = EvalProtocol(scale=(80, 40), aug_ratios=(1.0, 0.5), aug_flip=False, mean=(10.0, 20.0, 30.0),
+                          std=(2.0, 4.0, 8.0))
+    inputs = []
+    hook = model.encoder.register_forward_pre_hook(lambda module, args: inputs.append(args[0].clone()))
+    image = np.full((30, 60, 3), 50, np.uint8)  # flat: the normalised input is (50 - mean) / std everywhere
+    try:
+        labels, confidence = predict(model, image, aug=True, protocol=custom, return_confidence=True)
+    finally:
+        hook.remove()
+    assert [tuple(x.shape[2:]) for x in inputs] == [(40, 80), (20, 40)]  # fitted in 80x40, then 0.5x; no mirror
+    for x in inputs:
+        assert torch.equal(x[0, :, 0, 0], torch.tensor([20.0, 7.5, 2.5]))
+    assert torch.equal(torch.from_numpy(confidence), predict_probs(model, image, aug=True, protocol=custom).amax(0))
+
+
+# --- the fast twins: on the CPU by default, once a call -------------------------------------------------
+
+@pytest.fixture
+def conversions(monkeypatch):
+    """Each optimize_for_cpu call made by inference: (keyword arguments, the model it returned)."""
+    import iwin_models.optimize as optimize
+
+    calls, depth, real = [], [], optimize.optimize_for_cpu
+
+    def spy(model, **kwargs):
+        depth.append(1)  # the conversion may call itself: record the outer calls only
+        try:
+            out = real(model, **kwargs)
+        finally:
+            depth.pop()
+        if not depth:
+            calls.append((kwargs, out))
+        return out
+
+    monkeypatch.setattr(optimize, "optimize_for_cpu", spy)
+    return calls
+
+
+def test_fast_twins_by_default_on_the_cpu_once_a_call(model, conversions):
+    from iwin_models.layers.twin import CpuTwin
+
+    image = _rgb(30, 40)
+    labels, confidence = predict(model, image, scale=(64, 48), aug=True, return_confidence=True)  # 12 passes
+    [(kwargs, converted)] = conversions
+    assert kwargs == {"inplace": False} and converted is not model
+    assert any(isinstance(m, CpuTwin) for m in converted.modules())
+    assert not any(isinstance(m, CpuTwin) for m in model.modules()), "the caller's model stays plain"
+    plain_labels, plain_confidence = predict(model, image, scale=(64, 48), aug=True, return_confidence=True,
+                                             fast=False)
+    assert len(conversions) == 1, "fast=False runs the model as given"
+    assert np.abs(plain_confidence - confidence).max() < 1e-5  # round-off (1.4e-6 measured)
+    assert (plain_labels == labels).mean() > 0.99
+
+
+def test_fast_paths_switched_off_run_the_model_as_given(model, conversions):
+    from iwin_models.layers.config import fast_paths
+
+    with fast_paths(False):  # as IWIN_FAST_PATH=0
+        segment(model, _rgb(20, 30), scale=(32, 32))
+        assert conversions == []
+        segment(model, _rgb(20, 30), scale=(32, 32), fast=True)  # asked for: converted all the same
+    assert len(conversions) == 1
+
+
+@pytest.mark.parametrize("error", [TypeError, ValueError])  # nothing to convert; a part the twins cannot stand in
+def test_a_model_the_twins_refuse_runs_plain(model, monkeypatch, error):
+    import iwin_models.optimize as optimize
+
+    def refuse(m, **kwargs):
+        raise error("cannot convert: the reason")
+
+    monkeypatch.setattr(optimize, "optimize_for_cpu", refuse)
+    monkeypatch.setattr(inference, "_WARNED", set())
+    image = _rgb(20, 30)
+    expected = segment(model, image, scale=(32, 32), fast=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            assert np.array_equal(segment(model, image, scale=(32, 32)), expected)
+    said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert said == (["running the plain model: cannot convert: the reason"] if error is ValueError else [])
+    with pytest.raises(error, match="the reason"):  # asked for: refused as the conversion refuses
+        segment(model, image, scale=(32, 32), fast=True)
+
+
+# --- NaN/Inf: one check a call, where the logits enter --------------------------------------------------
+
+@pytest.mark.parametrize("poisoned, kw", [(1, dict(scale=(64, 48))),
+                                          (3, dict(scale=(150, 150), slide=True, protocol=SMALL_WINDOWS))],
+                         ids=["whole", "third_crop"])
+def test_non_finite_logits_are_an_error(model, poisoned, kw):
+    calls = []
+
+    def poison(module, args, out):
+        calls.append(1)
+        if len(calls) == poisoned:
+            out = out.clone()
+            out[0, 3, 1, 1] = float("nan")
+        return out
+
+    hook = model.segmentation_head.conv_seg.register_forward_hook(poison)
+    try:
+        for run in (segment, predict_probs, functools.partial(predict, return_confidence=True)):
+            calls.clear()
+            with pytest.raises(FloatingPointError, match=r"^the model produced NaN/Inf logits \(bad weights, or "
+                                                         r"overflow in low precision\)$"):
+                run(model, _rgb(150, 131), **kw)
+            assert len(calls) >= poisoned
+    finally:
+        hook.remove()

@@ -12,8 +12,8 @@ import torch
 from conftest import MINI, REPO
 from PIL import Image
 
+import iwin_models.images as images
 import iwin_models.inference as inference
-import iwin_models.io as io
 from iwin_models.cli import main as cli
 from iwin_models.segmenter import IwinUPerNet
 
@@ -52,7 +52,7 @@ def _predict(*argv, model_dir, out):
 
 
 def test_bad_files_are_reported_skipped_and_counted(folder, model_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(io, "MAX_IMAGE_PIXELS", 200 * 199)
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 200 * 199)
     out = tmp_path / "out"
     assert _predict(folder, model_dir=model_dir, out=out) == 2
     err = capsys.readouterr().err
@@ -101,7 +101,7 @@ def test_no_arguments_segments_the_sample(model_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli(["predict", "--model", str(model_dir), "--no-progress"]) == 0
     labels = np.array(Image.open("iwin_seg_out/sample_labels.png"))
-    assert labels.shape == io.load_image(inference.SAMPLE_IMAGE).shape[:2]
+    assert labels.shape == images.load_image(inference.SAMPLE_IMAGE).shape[:2]
     assert Image.open("iwin_seg_out/sample_overlay.png").width > labels.shape[1]  # with its legend
 
 

@@ -1,4 +1,4 @@
-"""Image decoding in ``iwin_models.io``: the size check before decoding, PIL's limit replaced, the old imports."""
+"""Image decoding in ``iwin_models.images``: the size check before decoding, PIL's limit replaced, the old imports."""
 from __future__ import annotations
 
 import struct
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import iwin_models.io as io
+import iwin_models.images as images
 
 
 def _png_header(path, width: int, height: int):
@@ -24,11 +24,11 @@ def _png_header(path, width: int, height: int):
 
 def test_an_image_over_the_limit_is_refused_from_its_header(tmp_path):
     bomb = _png_header(tmp_path / "bomb.png", 50000, 50000)  # 2.5 gigapixels, 7 GB as RGB
-    assert io.image_size(bomb) == (50000, 50000)
-    with pytest.raises(io.ImageTooLargeError, match=r"bomb.png: image of 50000x50000 pixels \(2500 MP, 7.0 GiB"):
-        io.load_image(bomb)
+    assert images.image_size(bomb) == (50000, 50000)
+    with pytest.raises(images.ImageTooLargeError, match=r"bomb.png: image of 50000x50000 pixels \(2500 MP, 7.0 GiB"):
+        images.load_image(bomb)
     with pytest.raises(ValueError, match="MAX_IMAGE_PIXELS"):  # a ValueError: the CLI reports it and goes on
-        io.read_image_file(bomb, lambda img: img, kind="label")
+        images.read_image_file(bomb, lambda img: img, kind="label")
 
 
 def test_pil_limit_is_replaced_by_ours_and_restored(tmp_path, monkeypatch):
@@ -38,28 +38,31 @@ def test_pil_limit_is_replaced_by_ours_and_restored(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # PIL would raise (2000 px > 2 x 500)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert io.load_image(path).shape == (40, 50, 3)
+        assert images.load_image(path).shape == (40, 50, 3)
     assert Image.MAX_IMAGE_PIXELS == 500  # put back
-    monkeypatch.setattr(io, "MAX_IMAGE_PIXELS", 1999)
-    with pytest.raises(io.ImageTooLargeError, match="50x40 pixels"):
-        io.load_image(path)
-    monkeypatch.setattr(io, "MAX_IMAGE_PIXELS", None)  # no limit
-    assert io.load_image(path).shape == (40, 50, 3)
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 1999)
+    with pytest.raises(images.ImageTooLargeError, match="50x40 pixels"):
+        images.load_image(path)
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", None)  # no limit
+    assert images.load_image(path).shape == (40, 50, 3)
 
 
 def test_default_limit_admits_aerial_tiles():
-    assert io.MAX_IMAGE_PIXELS >= 10000 * 10000 * 4 and io.MAX_IMAGE_PIXELS <= 2 ** 31
+    assert images.MAX_IMAGE_PIXELS >= 10000 * 10000 * 4 and images.MAX_IMAGE_PIXELS <= 2 ** 31
 
 
 def test_decoding_moved_without_changing_imports(tmp_path):
     import iwin_models.data as data
     import iwin_models.inference as inference
 
-    assert inference.load_image is io.load_image and inference.read_image_file is io.read_image_file
+    assert inference.load_image is images.load_image and inference.read_image_file is images.read_image_file
+    with pytest.warns(DeprecationWarning, match="iwin_models.images.load_image"):  # the old module name
+        import iwin_models.io as io
+        assert io.load_image is images.load_image
     rgb = np.random.default_rng(0).integers(0, 255, (9, 11, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "a.png")
     assert np.array_equal(data.read_image(tmp_path / "a.png"), rgb)
     Image.fromarray(rgb[..., 0]).save(tmp_path / "l.png")
     assert np.array_equal(data.read_label(tmp_path / "l.png"), rgb[..., 0].astype(np.int64))
-    out = io.load_image(tmp_path / "a.png")
+    out = images.load_image(tmp_path / "a.png")
     assert out.flags.writeable and out.flags.c_contiguous
