@@ -25,12 +25,8 @@ from .iwin import IwinBlock, PatchEmbed
 from .layers.config import FAST_PATHS, enabled_fast_paths
 from .layers.iwin_cpu import CpuIwinBlock, CpuPatchEmbed
 from .layers.twin import CpuTwin
-
-try:  # TEMPORARY while the segmenter is split (removed before this change lands)
-    from .layers.upernet_cpu import CpuUPerNetDecoder
-    from .segmenter import IwinUPerNetDecoder
-except ImportError:
-    CpuUPerNetDecoder = IwinUPerNetDecoder = None
+from .layers.upernet_cpu import CpuUPerNetDecoder
+from .segmenter import IwinUPerNetDecoder
 
 __all__ = ["optimize_for_cpu", "restore_plain", "CPU_TWINS"]
 
@@ -38,9 +34,8 @@ __all__ = ["optimize_for_cpu", "restore_plain", "CPU_TWINS"]
 CPU_TWINS: dict[type, tuple[type[CpuTwin], frozenset[str]]] = {
     PatchEmbed: (CpuPatchEmbed, frozenset({"patch_matmul"})),
     IwinBlock: (CpuIwinBlock, frozenset({"onednn_linear", "skip_padding", "chunked", "inplace"})),
+    IwinUPerNetDecoder: (CpuUPerNetDecoder, frozenset({"channels_last_decoder"})),
 }
-if IwinUPerNetDecoder is not None:
-    CPU_TWINS[IwinUPerNetDecoder] = (CpuUPerNetDecoder, frozenset({"channels_last_decoder"}))
 
 
 def _plain(module: nn.Module) -> nn.Module:

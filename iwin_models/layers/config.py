@@ -121,11 +121,3 @@ def size_oblivious_tracing():
                            "needs it (iwin_models.layers.config.size_oblivious_tracing)")
     return shapes_config.patch(backed_size_oblivious=True)
 
-
-# TEMPORARY (removed before this change lands): the segmenter still imports these while it is split
-def is_traced() -> bool:
-    return is_dynamic_tracing()
-
-
-def fast_path(*args, **kwargs) -> bool:
-    return False
