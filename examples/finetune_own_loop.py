@@ -4,18 +4,20 @@
     python examples/finetune_own_loop.py --weights iwin_tiny_ade20k.pth   # a downloaded checkpoint
     python examples/finetune_own_loop.py --tiny --no-pretrained --steps 5 # offline smoke run
 
-The loop is yours; the recipe's pieces come from ``iwin_models.training``: AdamW without weight decay
-on norms and biases (``build_optimizer``), warm-up + poly lr (``build_scheduler``), one step with the
-auxiliary loss (``train_step``) and an atomic checkpoint (``save_checkpoint``: a crash while writing
-leaves the previous one intact). ``iwin-seg train`` runs the whole recipe (resume, DDP, validation).
+The loop is yours; the recipe's pieces come from ``iwin_models.training``: the seeds (``seed_everything``,
+before the model is built), AdamW without weight decay on norms and biases (``build_optimizer``), warm-up
++ poly lr (``build_scheduler``), one step with the auxiliary loss (``train_step``) and an atomic checkpoint
+(``save_checkpoint``: a crash while writing leaves the previous one intact). On the CPU the model trains
+with its fast twins (``optimize_for_cpu``: the same results to float32 round-off, the same checkpoints).
+``iwin-seg train`` runs the whole recipe (resume, DDP, validation).
 """
 import argparse
 from pathlib import Path
 
 import torch
 
-from iwin_models import IwinUPerNet, iwin_tiny_upernet_ade20k
-from iwin_models.training import build_optimizer, build_scheduler, save_checkpoint, train_step
+from iwin_models import IwinUPerNet, iwin_tiny_upernet_ade20k, optimize_for_cpu
+from iwin_models.training import build_optimizer, build_scheduler, save_checkpoint, seed_everything, train_step
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--num-classes", type=int, default=4)
@@ -27,6 +29,7 @@ parser.add_argument("--checkpoint-every", type=int, default=100, metavar="N", he
 parser.add_argument("--out", default="my_segmenter")
 args = parser.parse_args()
 device = "cuda" if torch.cuda.is_available() else "cpu"
+seed_everything(0)  # before the model: the same initial weights (and classifiers) every run
 
 if args.tiny:
     model = IwinUPerNet("iwin_tiny", encoder_kwargs=dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8)),
@@ -35,6 +38,8 @@ else:  # another class count than 150 keeps the trained body and re-initialises 
     model = iwin_tiny_upernet_ade20k(pretrained=not args.no_pretrained, num_classes=args.num_classes,
                                      weights=args.weights)
 model.to(device).train()
+if device == "cpu":
+    model = optimize_for_cpu(model)  # the CPU fast twins; they keep autograd and the state_dict keys
 
 
 class ToyShapes(torch.utils.data.Dataset):

@@ -125,7 +125,10 @@ def test_evaluate_with_oracle_and_wrong_predictions(data, monkeypatch):
     r = evaluate(model, ds, progress=False, scale=(128, 128), slide=True)
     assert model.training  # put back
     assert r["aAcc"] == 1.0 and r["mIoU"] == 1.0 and r["mAcc"] == 1.0 and r["num_images"] == 6
-    assert calls[0] == dict(aug=False, slide=True, dtype=None, scale=(128, 128))
+    assert calls[0] == dict(aug=False, slide=True, dtype=None, scale=(128, 128), fast=None)  # segment()'s default
+    calls.clear()
+    evaluate(model, ds, progress=False, limit=1, fast=False, dtype=torch.bfloat16)  # the CLI's: it converted itself
+    assert calls == [dict(aug=False, slide=False, dtype=torch.bfloat16, scale=(2048, 512), fast=False)]
 
     calls.clear()
     monkeypatch.setattr(inference, "segment", lambda model, image, **kw: (oracle(model, image, **kw) + 1) % 5)
