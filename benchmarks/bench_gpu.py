@@ -8,6 +8,10 @@ Candidates alternate inside one loop; each timing is CUDA events around one forw
 of ``--reps`` after ``--warmup`` passes. Prints images/s, the Iwin/Swin time ratio and the peak memory
 of each, with the card's name. ``--device cpu --batch 1 --size 128 --reps 1`` is a smoke run of the script
 itself on a machine without a GPU (its figures mean nothing).
+
+The models are plain: ``iwin_models.optimize_for_cpu`` installs CPU kernels only, so a GPU runs the definition.
+On ``--device cpu`` the Iwin model is converted as in ``bench_cpu.py`` (``--no-fast`` or ``IWIN_FAST_PATH=0``:
+plain).
 """
 from __future__ import annotations
 
@@ -22,6 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_cpu import SEGMENTER_PAIRS, machine, segmenter_pair, timed_alternating  # noqa: E402
 
+import iwin_models  # noqa: E402
+from iwin_models.layers.config import use_fast_path  # noqa: E402
+
 
 def peak_memory_mib(f, device: torch.device) -> float | None:
     if device.type != "cuda":
@@ -33,6 +40,14 @@ def peak_memory_mib(f, device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated() / 2 ** 20
 
 
+def models_on(device: torch.device, size: str, swin_name: str, img_size: int, fast: bool) -> dict:
+    """{'iwin': Iwin UPerNet, 'swin': Swin + smp UPerNet} on ``device``; on the CPU Iwin converted when ``fast``."""
+    iwin, swin = (m.to(device) for m in segmenter_pair(size, swin_name, img_size))
+    if device.type == "cpu" and fast:
+        iwin = iwin_models.optimize_for_cpu(iwin)
+    return dict(iwin=iwin, swin=swin)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a smoke run")
@@ -41,6 +56,8 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--sizes", default="tiny,small,base", help="Iwin/Swin sizes to compare")
+    parser.add_argument("--no-fast", action="store_true",
+                        help="with --device cpu: the plain Iwin model, without optimize_for_cpu (as IWIN_FAST_PATH=0)")
     parser.add_argument("--json", help="also write the raw results to this file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -55,7 +72,7 @@ def main(argv=None) -> int:
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     wanted = args.sizes.split(",")
     for size, swin_name in (pair for pair in SEGMENTER_PAIRS if pair[0] in wanted):
-        models = dict(zip(("iwin", "swin"), (m.to(device) for m in segmenter_pair(size, swin_name, args.size))))
+        models = models_on(device, size, swin_name, args.size, fast=not args.no_fast and use_fast_path())
 
         def forward(model):
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):

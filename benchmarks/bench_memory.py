@@ -13,6 +13,10 @@ inference, PNG writing). The baseline is the code before issue #13 (``git show d
 loaded as a module, and the decoder's concatenation it had) run in the same way, where its peak fits
 (``--baseline-max-gb``; the issue measured 19.8 GB at 12 MP, more for the rest).
 
+On the CPU the command runs the model converted by ``iwin_models.optimize_for_cpu`` (its default); the
+baseline, whose models had their fast paths inside their forwards, is given the same converted model, so the two
+differ only in their inference code. ``--no-fast`` (``IWIN_FAST_PATH=0`` in every worker) runs both plain.
+
 The sliding-window case also reports the time of the inference against the sum of its crops'
 forward passes (both measured inside the run: the encoder + decode head of every crop), and
 ``683x512`` the time of ``segment`` against the baseline's, timed in alternation in one process.
@@ -20,6 +24,7 @@ forward passes (both measured inside the run: the encoder + decode head of every
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -101,19 +106,48 @@ def baseline_module(rev: str) -> types.ModuleType:
     return module
 
 
-def use_baseline_decoder() -> None:
-    """The decoder as it was: channels-last, with the stride-4 concatenation."""
-    from iwin_models.segmenter import UPerNetDecoderChannelsLast
+def fast() -> bool:
+    from iwin_models.layers.config import use_fast_path
 
-    UPerNetDecoderChannelsLast._fusion_is_plain = lambda self: False
+    return use_fast_path()
+
+
+def as_run(model):
+    """``model`` as the commands run it on the CPU: converted by ``optimize_for_cpu`` unless IWIN_FAST_PATH=0."""
+    import iwin_models
+
+    return iwin_models.optimize_for_cpu(model, inplace=False) if fast() else model
+
+
+@contextlib.contextmanager
+def baseline_decoder():
+    """Within the block, the converted decoder fuses as before #13: its four maps resized to stride 4 and
+    concatenated before the fusion conv (today's CPU twin convolves them a channel group at a time)."""
+    import torch
+    import torch.nn.functional as F
+
+    from iwin_models.layers.upernet_cpu import CpuUPerNetDecoder
+
+    def fuse_concatenated(self, maps):
+        size = maps[0].shape[2:]
+        resized = [m if m.shape[2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                   for m in maps]
+        return self.fusion_block(torch.cat(resized, dim=1))
+
+    grouped = CpuUPerNetDecoder._fuse_by_channel_groups
+    CpuUPerNetDecoder._fuse_by_channel_groups = fuse_concatenated
+    try:
+        yield
+    finally:
+        CpuUPerNetDecoder._fuse_by_channel_groups = grouped
 
 
 def timed_forwards() -> dict:
     """Seconds spent in the model's forward passes (encoder + decode head), summed, and their count."""
-    import iwin_models.inference as inference
+    from iwin_models.bands import LowResForward
 
     spent = dict(seconds=0.0, passes=0)
-    low_res_logits = inference._low_res_logits
+    low_res_logits = LowResForward.__call__
 
     def timed(*args, **kwargs):
         t = time.perf_counter()
@@ -122,7 +156,7 @@ def timed_forwards() -> dict:
         spent["passes"] += 1
         return out
 
-    inference._low_res_logits = timed
+    LowResForward.__call__ = timed
     return spent
 
 
@@ -148,10 +182,12 @@ def worker(which: str, rev: str, argv: list[str]) -> None:
         from iwin_models.cli import main
         rc = main(["predict", *argv])
     else:
-        use_baseline_decoder()
+        load_model = module.load_model
+        module.load_model = lambda *args, **kwargs: as_run(load_model(*args, **kwargs))
         parser = argparse.ArgumentParser()
         module.add_arguments(parser)
-        rc = module.run(parser.parse_args(argv))
+        with baseline_decoder():
+            rc = module.run(parser.parse_args(argv))
     timings.update(rc=rc, command_seconds=time.perf_counter() - t, forwards=spent)
     print("BENCH " + json.dumps(timings), flush=True)
 
@@ -182,21 +218,17 @@ def time_ade_size(work: Path, checkpoint: Path, rev: str, reps: int) -> dict:
 
     import iwin_models.inference as inference
     from iwin_models.cli.common import resolve_model
-    from iwin_models.segmenter import UPerNetDecoderChannelsLast
 
     baseline = baseline_module(rev)
     model = resolve_model(MODEL, str(checkpoint))
     image = inference.load_image(make_photo(work / "photo_683x512.jpg", 683, 512))
-    grouped = UPerNetDecoderChannelsLast._fusion_is_plain
+    converted = as_run(model)
 
     def old():
-        UPerNetDecoderChannelsLast._fusion_is_plain = lambda self: False
-        try:
-            return baseline.segment(model, image)
-        finally:
-            UPerNetDecoderChannelsLast._fusion_is_plain = grouped
+        with baseline_decoder():
+            return baseline.segment(converted, image)
 
-    runs = {"new": lambda: inference.segment(model, image), "baseline": old}
+    runs = {"new": lambda: inference.segment(model, image), "baseline": old}  # segment() converts by itself
     times = {k: [] for k in runs}
     with torch.no_grad():
         agree = float((runs["new"]() == runs["baseline"]()).mean())  # also the warm-up; round-off of the decoder
@@ -253,8 +285,15 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-rev", default=BEFORE, help="git revision of the code before (default: %(default)s)")
     p.add_argument("--baseline-max-gb", type=float, default=16.0, help="run the baseline where its peak fits")
     p.add_argument("--reps", type=int, default=5, help="alternating repetitions of the 683x512 timing (0: skip)")
+    p.add_argument("--no-fast", action="store_true",
+                   help="run the plain model in both, without optimize_for_cpu (sets IWIN_FAST_PATH=0)")
     p.add_argument("--json", help="write every figure here")
     args = p.parse_args(argv)
+    if args.no_fast:
+        os.environ["IWIN_FAST_PATH"] = "0"  # the workers read it at import
+        from iwin_models.layers.config import set_fast_path
+
+        set_fast_path(False)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     checkpoint = make_checkpoint(work)
