@@ -21,6 +21,8 @@ import onnxruntime as ort
 from PIL import Image, ImageOps
 
 SAMPLE = Path(__file__).resolve().parents[1] / "iwin_models" / "assets" / "sample.jpg"
+# The test protocol (iwin_models.weights.ADE20K_PROTOCOL), restated because this example runs without
+# PyTorch; tests/test_inference_bands.py keeps these equal to it.
 TEST_SCALE = (2048, 512)  # (long, short) edges the image is fitted into
 MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)  # ADE20K, RGB 0-255
 STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from conftest import MINI
+from conftest import MINI, REPO
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import iwin_models.bands as bands
@@ -181,6 +182,17 @@ def test_the_protocol_is_read_from_eval_protocol(model):
     for x in inputs:
         assert torch.equal(x[0, :, 0, 0], torch.tensor([20.0, 7.5, 2.5]))
     assert torch.equal(torch.from_numpy(confidence), predict_probs(model, image, aug=True, protocol=custom).amax(0))
+
+
+def test_the_onnx_example_restates_the_protocol():
+    """examples/onnx_inference.py runs without PyTorch, so it writes the protocol's numbers out: these."""
+    pytest.importorskip("onnxruntime")
+    spec = importlib.util.spec_from_file_location("onnx_example", REPO / "examples" / "onnx_inference.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert example.TEST_SCALE == ADE20K_PROTOCOL.scale
+    assert np.array_equal(example.MEAN, np.float32(ADE20K_PROTOCOL.mean))
+    assert np.array_equal(example.STD, np.float32(ADE20K_PROTOCOL.std))
 
 
 # --- the fast twins: on the CPU by default, once a call -------------------------------------------------
