@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import bands
+from . import bands, optimize
 from .images import load_image, read_image_file  # noqa: F401  (re-exported: their old home)
 from .layers.config import use_fast_path
 from .visualize import colorize, overlay  # noqa: F401  (re-exported: their old home)
@@ -90,10 +90,8 @@ def _run_model(model, fast: bool | None):
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
     if fast is False or (fast is None and not (on_cpu and use_fast_path())):
         return model
-    from .optimize import optimize_for_cpu
-
     try:
-        return optimize_for_cpu(model, inplace=False)
+        return optimize.optimize_for_cpu(model, inplace=False)
     except (TypeError, ValueError) as e:
         if fast:  # asked for: refuse as the conversion does
             raise
