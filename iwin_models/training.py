@@ -469,6 +469,14 @@ def _plain(value):
     return value
 
 
+def _check_finite(images: torch.Tensor, iteration: int) -> None:
+    """Refuse NaN/Inf images where data enters training (the model does not read values: no per-forward
+    sync). Read on the host, before the batch goes to its device; one step of NaN would spoil the weights."""
+    if images.device.type == "cpu" and images.is_floating_point() and not torch.isfinite(images).all():
+        raise ValueError(f"the input holds NaN or Inf values (the batch of iteration {iteration}); "
+                         f"check the data set and its transform")
+
+
 def _check_set_up(config: TrainConfig) -> None:
     """A clear error (or warning) when the process was not set up for ``config`` (see :func:`setup`)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -623,6 +631,7 @@ class Trainer:
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
         """One iteration on a batch: the loss (a tensor) and the lr it used."""
         c = self.config
+        _check_finite(images, self.iteration)
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         lr = self.optimizer.param_groups[0]["lr"]

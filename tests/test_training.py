@@ -399,6 +399,27 @@ def test_trainer_on_plain_objects_resumes_exactly(tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in first.model.state_dict().items())  # it stepped
 
 
+def test_nan_images_are_refused_before_the_step(tmp_path):
+    """The model reads no values (no per-forward sync): the Trainer refuses a NaN/Inf batch on the host,
+    before it reaches the weights."""
+    class Poisoned(_Squares):
+        def __getitem__(self, i):
+            image, label = super().__getitem__(i)
+            image[0, 3, 3] = float("nan") if i == 4 else image[0, 3, 3]
+            return image, label
+
+    torch.manual_seed(0)
+    model = IwinUPerNet(**TINY)
+    config = training.TrainConfig(iters=6, batch_size=2, workers=0, val_interval=0, checkpoint_interval=1,
+                                  no_progress=True, work_dir=str(tmp_path), seed=0)
+    trainer = training.Trainer(model, Poisoned(), config)
+    with pytest.raises(ValueError, match=r"the input holds NaN or Inf values \(the batch of iteration \d\)"):
+        trainer.fit()
+    last = training.load_checkpoint(tmp_path / "latest.pth")
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def _global_state() -> dict:
     """The process-wide state a Trainer must leave alone."""
     import random
