@@ -132,15 +132,31 @@ def test_twin_shares_the_state_and_gives_the_plain_decoder_back():
     assert "cpu twin of IwinUPerNetDecoder (channels_last_decoder)" in repr(twin)
 
 
+def test_training_mode_without_gradients_normalises_with_the_batch_and_counts_it():
+    """BatchNorm in training mode (e.g. statistics refreshed under no_grad) is not folded: the twin updates
+    the running statistics as the plain decoder does."""
+    results = []
+    for make in (lambda d: d, _twin):
+        plain = _plain().train()
+        with torch.no_grad():
+            out = make(plain)(_features())
+        results.append((out, dict(plain.named_buffers())))
+    (out_p, buf_p), (out_f, buf_f) = results
+    _assert_close(out_f, out_p, rel=1e-5, what="output")
+    for k, buf in buf_p.items():
+        _assert_close(buf_f[k].double(), buf.double(), rel=1e-6, what=k)
+    assert buf_f["fusion_block.1.num_batches_tracked"].item() == 1
+
+
 def test_hooks_on_the_modules_the_twin_calls_still_fire():
     plain = _plain().eval()
     seen = []
-    plain.fpn_conv_blocks[2].register_forward_hook(lambda *a: seen.append("fpn_conv"))
-    plain.fusion_block[1].register_forward_hook(lambda *a: seen.append("fusion_norm"))
+    for name in ("psp", "fpn_lateral_blocks.2", "fpn_conv_blocks.2", "fusion_block.1", "fusion_block.2"):
+        plain.get_submodule(name).register_forward_hook(lambda *a, name=name: seen.append(name))
     assert CpuUPerNetDecoder.problems(plain, "decoder") == []
     with torch.no_grad():
         _twin(plain)(_features())
-    assert seen == ["fpn_conv", "fusion_norm"]
+    assert seen == ["psp", "fpn_lateral_blocks.2", "fpn_conv_blocks.2", "fusion_block.1", "fusion_block.2"]
 
 
 class _LoraConv2d(nn.Conv2d):
@@ -159,8 +175,8 @@ def test_problems_name_what_the_twin_would_bypass():
 
     hooked = _plain()
     hooked.fusion_block[0].register_forward_hook(lambda *a: None)
-    [problem] = CpuUPerNetDecoder.problems(hooked, "decoder")
-    assert problem == "decoder.fusion_block.0 has forward hooks, which the fast twin would not call"
+    assert CpuUPerNetDecoder.problems(hooked, "decoder") == [
+        "decoder.fusion_block.0 has forward hooks, which the fast twin would not call"]
 
     hooked_block = _plain()
     hooked_block.fusion_block.register_forward_pre_hook(lambda *a: None)
