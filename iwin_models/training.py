@@ -721,5 +721,5 @@ class Trainer:
 
 
 def train(model: nn.Module, train_set, config: TrainConfig | None = None, val_set=None) -> dict:
-    """``Trainer(model, train_set, config, val_set).fit()``."""
+    """``Trainer(model, train_set, config, val_set).fit()`` (call :func:`setup` before building ``model``)."""
     return Trainer(model, train_set, config, val_set).fit()

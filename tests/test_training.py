@@ -488,6 +488,24 @@ def test_a_trainer_under_torchrun_without_setup_says_so(tmp_path, monkeypatch):
         training.Trainer(model, _Squares(), training.TrainConfig(work_dir=str(tmp_path)))
 
 
+def test_the_trainer_device_is_chosen_without_side_effects(monkeypatch):
+    from iwin_models.distributed import local_device
+
+    def refuse(device):
+        raise AssertionError("torch.cuda.set_device is setup()'s")
+
+    monkeypatch.setattr(torch.cuda, "set_device", refuse)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert local_device("cuda") == torch.device("cuda", 3) and local_device("cuda:1") == torch.device("cuda", 1)
+    assert local_device("cpu") == torch.device("cpu")
+    assert local_device(None) == (torch.device("cuda", 3) if torch.cuda.is_available() else torch.device("cpu"))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert local_device("cuda") == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match="bad device 'bogus'"):
+        local_device("bogus")
+
+
 def test_checkpoints_go_through_the_one_atomic_writer(tmp_path, monkeypatch):
     """save_checkpoint and the kept iter_N.pth copies are write_atomic(durable=True): open()'s mode, the
     file and its folder fsynced (tests/test_files.py); iter_N.pth is a hard link where possible."""
