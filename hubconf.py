@@ -1,9 +1,10 @@
 """torch.hub entry points: ``torch.hub.load('<owner>/iwin', 'iwin_base_upernet_ade20k', trust_repo=True)``.
 
 Segmenters return an ``IwinUPerNet`` (smp model) with the authors' ADE20K weights; their docstrings
-(``torch.hub.help``) are written from ``iwin_models.segmenter.SEGMENTERS``: figures, weights URL, test
-protocol and the terms the authors set for the weights. Backbones return timm models
-(``features_only=True`` for the strides 4/8/16/32 feature maps).
+(``torch.hub.help``) are written from the weights registry ``iwin_models.weights.SEGMENTERS``: figures,
+weights URL, test protocol and the terms the authors set for the weights. Backbones return timm models
+(``features_only=True`` for the strides 4/8/16/32 feature maps). Every model is plain (the definition, on
+any device); ``iwin_models.optimize_for_cpu(model)`` puts its CPU fast twins in place.
 """
 dependencies = ["torch", "timm", "segmentation_models_pytorch"]
 

@@ -89,6 +89,9 @@ def _check_feature_map(x: torch.Tensor) -> None:
 torch.fx.wrap("_check_feature_map")
 
 
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
 @contextlib.contextmanager
 def _running_statistics_frozen(module: nn.Module):
     """BatchNorms under ``module`` keep their running statistics (and batch count) unchanged.
@@ -98,7 +101,7 @@ def _running_statistics_frozen(module: nn.Module):
     the batch's statistics and save the same tensors for backward as in the first pass (which
     checkpointing verifies).
     """
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = [m for m in module.modules() if isinstance(m, _BATCH_NORMS) and m.track_running_stats]
     saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
     for m in norms:
         m.momentum = 0.
@@ -158,7 +161,7 @@ def __getattr__(name: str):
 
 
 def _resize(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    # NCHW out (the decoder runs channels-last): smp's losses and many users call .view on logits
+    # NCHW out (the decoder's maps are channels-last, as Iwin's features): smp's losses and many users call .view
     return F.interpolate(logits.contiguous(), size=size, mode="bilinear", align_corners=False)
 
 
@@ -271,6 +274,7 @@ class IwinUPerNet(SegmentationModel):
         _check_image_batch(x)
 
     def forward(self, x: torch.Tensor, return_aux: bool = False):
+        """Logits at the input size: :meth:`low_res_logits` resized (and the auxiliary head's with ``return_aux``)."""
         if not return_aux:
             return _resize(self.low_res_logits(x), x.shape[-2:])
         if self.auxiliary_head is None:
