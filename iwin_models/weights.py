@@ -14,8 +14,7 @@ from typing import Any
 from . import ade20k
 
 __all__ = ["EvalProtocol", "WeightsTerms", "SegmenterWeights", "SEGMENTERS", "AUTHORS_TERMS", "ADE20K_PROTOCOL",
-           "registered", "segmenter_table", "model_card_kwargs"]
-
+           "FLOPS_INPUT", "registered", "segmenter_table", "model_card_kwargs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +59,7 @@ AUTHORS_TERMS = WeightsTerms(
 )
 
 ADE20K_PROTOCOL = EvalProtocol()
-_FLOPS_INPUT = (3, 512, 2048)  # mmseg's convention for the published FLOPs
+FLOPS_INPUT = (3, 512, 2048)  # mmseg's convention for the published FLOPs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +78,7 @@ class SegmenterWeights:
     params_m: float
     flops_g: int
     miou: float
-    flops_input: tuple[int, int, int] = _FLOPS_INPUT
+    flops_input: tuple[int, int, int] = FLOPS_INPUT
     dataset: str = "ADE20K (SceneParsing, 150 classes)"
     class_names: tuple[str, ...] = ade20k.CLASSES
     palette: tuple[tuple[int, int, int], ...] = ade20k.PALETTE
@@ -181,7 +180,7 @@ def registered(name: str) -> SegmenterWeights:
 def segmenter_table() -> str:
     """The README's table of segmenters (markdown), with the terms of their weights."""
     weights = list(SEGMENTERS.values())
-    c, h, w = _FLOPS_INPUT
+    c, h, w = FLOPS_INPUT
     lines = [f"| model | heads | params (with aux head) | FLOPs {c}x{h}x{w} (mmcv) | mIoU (authors) | weights |",
              "|---|---|---|---|---|---|", *(entry.table_row() for entry in weights), ""]
     protocols = sorted({entry.protocol.describe() for entry in weights})
