@@ -18,6 +18,7 @@ from .segmenter import (
 )
 
 __all__ = [
-    "IwinTransformer", "IwinUPerNet", "optimize_for_cpu", "restore_plain", "CheckpointError", "create_segmenter", "segment",
+    "IwinTransformer", "IwinUPerNet", "optimize_for_cpu", "restore_plain", "CheckpointError", "create_segmenter",
+    "segment",
     "iwin_tiny_upernet_ade20k", "iwin_small_upernet_ade20k", "iwin_base_upernet_ade20k", "__version__",
 ]

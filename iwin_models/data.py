@@ -29,6 +29,7 @@ import torch
 
 from . import ade20k
 from .images import SIXTEEN_BIT_MODES, load_image, read_image_file
+from .weights import ADE20K_PROTOCOL
 
 __all__ = [
     "ADE20KDataset", "FolderSegmentationDataset", "SegmentationFiles", "TrainTransform", "build_train_transform",
@@ -285,10 +286,14 @@ def _saturation_and_hue(img: torch.Tensor, saturation: float | None, hue: int | 
     return img.round().clamp(0, 255)
 
 
+# the authors' training resize (mmseg's img_scale): the test scale, then a random ratio of it
+TRAIN_SCALE = ADE20K_PROTOCOL.scale
+
+
 class TrainTransform:
     """The ADE20K training pipeline (see :func:`build_train_transform`); picklable for loader workers."""
 
-    def __init__(self, crop_size=512, scale=(2048, 512), ratio_range=(0.5, 2.0), cat_max_ratio: float = 0.75,
+    def __init__(self, crop_size=512, scale=TRAIN_SCALE, ratio_range=(0.5, 2.0), cat_max_ratio: float = 0.75,
                  flip_prob: float = 0.5, brightness_delta: float = 32, contrast_range=(0.5, 1.5),
                  saturation_range=(0.5, 1.5), hue_delta: int = 18, mean=ade20k.MEAN, std=ade20k.STD,
                  ignore_index: int = IGNORE_INDEX):
@@ -425,7 +430,7 @@ class TrainTransform:
                 label.as_subclass(torch.Tensor).to(torch.int64).contiguous())
 
 
-def build_train_transform(crop_size=512, scale=(2048, 512), ratio_range=(0.5, 2.0),
+def build_train_transform(crop_size=512, scale=TRAIN_SCALE, ratio_range=(0.5, 2.0),
                           cat_max_ratio: float = 0.75) -> TrainTransform:
     """The authors' ADE20K training pipeline as a callable ``(image, label) -> (image, label)``.
 

@@ -140,7 +140,7 @@ def _raw_sample(dataset, index: int):
 @torch.no_grad()
 def evaluate(model, dataset, *, aug: bool = False, slide: bool = False, dtype: torch.dtype | None = None,
              device: str | torch.device | None = None, progress: bool = True,
-             scale: Sequence[int] = (2048, 512), limit: int | None = None,
+             scale: Sequence[int] | None = None, limit: int | None = None,
              num_classes: int | None = None, fast: bool | None = None) -> dict:
     """mIoU of ``model`` on ``dataset`` with the ADE20K test protocol (:func:`iwin_models.inference.segment`).
 
@@ -149,7 +149,8 @@ def evaluate(model, dataset, *, aug: bool = False, slide: bool = False, dtype: t
         dataset: yields ``(uint8 image (H, W, 3), int64 label (H, W))`` with 255 for ignored pixels
             (:class:`~iwin_models.data.ADE20KDataset`, :class:`~iwin_models.data.FolderSegmentationDataset`:
             their ``load`` is used, so a training transform on them does not matter).
-        aug, slide, dtype, scale: test-time options of :func:`iwin_models.inference.segment`.
+        aug, slide, dtype, scale: test-time options of :func:`iwin_models.inference.segment` (``scale`` None:
+            the protocol's, 2048x512 for ADE20K).
         fast: ``segment``'s: the CPU fast twins (default: on the CPU unless ``IWIN_FAST_PATH=0``); False
             runs the model as given (e.g. one already converted by ``iwin_models.optimize_for_cpu``).
         device: move the model there first (default: leave it where it is).
@@ -162,7 +163,7 @@ def evaluate(model, dataset, *, aug: bool = False, slide: bool = False, dtype: t
     """
     from tqdm import tqdm
 
-    from .inference import segment
+    from .inference import inference_model, segment
 
     if device is not None:
         model.to(device)
@@ -176,6 +177,7 @@ def evaluate(model, dataset, *, aug: bool = False, slide: bool = False, dtype: t
     total = len(dataset) if limit is None else min(int(limit), len(dataset))
     metric = IoUMetric(n, getattr(dataset, "ignore_index", ade20k.IGNORE_INDEX))
     was_training = model.training
+    runner = inference_model(model, fast)  # converted once, not per image
     error = None
     try:
         indices = range(rank, total, world_size)
@@ -183,7 +185,7 @@ def evaluate(model, dataset, *, aug: bool = False, slide: bool = False, dtype: t
                    disable=not progress or rank != 0, dynamic_ncols=True)
         for i in bar:
             image, label = _raw_sample(dataset, i)
-            pred = segment(model, image, aug=aug, slide=slide, dtype=dtype, scale=scale, fast=fast)
+            pred = segment(runner, image, aug=aug, slide=slide, dtype=dtype, scale=scale, fast=False)
             metric.update(pred, label)
     except Exception as e:  # the other processes must not wait for this one in the all-reduce
         error = e

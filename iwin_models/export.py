@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .io import write_atomic
+from .files import write_atomic
 from .layers.config import dynamic_tracing
 
 __all__ = ["export_onnx", "export_program", "dynamic_tracing", "program_guards"]

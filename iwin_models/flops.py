@@ -17,6 +17,8 @@ import math
 import torch
 import torch.nn as nn
 
+from .weights import FLOPS_INPUT
+
 __all__ = ["mmcv_flops", "count_parameters"]
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
@@ -50,7 +52,7 @@ def _module_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def mmcv_flops(model: nn.Module, shape=(3, 512, 2048)) -> int:
+def mmcv_flops(model: nn.Module, shape=FLOPS_INPUT) -> int:
     """Multiply-accumulates of one forward pass of a (1, *shape) input, mmcv's way."""
     total = 0
 

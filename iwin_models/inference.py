@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from . import bands, optimize
 from .images import load_image, read_image_file  # noqa: F401  (re-exported: their old home)
 from .layers.config import use_fast_path
+from .layers.twin import CpuTwin
 from .visualize import colorize, overlay  # noqa: F401  (re-exported: their old home)
 from .weights import ADE20K_PROTOCOL, EvalProtocol
 
@@ -84,11 +85,17 @@ def _slide_boxes(h: int, w: int, protocol: EvalProtocol) -> tuple[bands.Spans, b
     return spans(h), spans(w)
 
 
-def _run_model(model, fast: bool | None):
-    """The model in eval mode, with its CPU fast twins by default (a converted copy, once per call)."""
+def inference_model(model, fast: bool | None = None):
+    """``model`` in eval mode, with its CPU fast twins by default: a converted copy sharing the weights
+    (``optimize_for_cpu(model, inplace=False)``) when it is on the CPU and ``IWIN_FAST_PATH`` is not 0.
+
+    ``fast=False`` gives the model as it is; ``fast=True`` converts or raises. A model already converted
+    is given as it is. Callers that segment many images (``evaluate``) make it once and pass ``fast=False``.
+    """
     model.eval()
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    if fast is False or (fast is None and not (on_cpu and use_fast_path())):
+    converted = any(isinstance(m, CpuTwin) for m in model.modules())
+    if fast is False or converted or (fast is None and not (on_cpu and use_fast_path())):
         return model
     try:
         return optimize.optimize_for_cpu(model, inplace=False)
@@ -157,7 +164,7 @@ def predict_probs(model, image, *, aug: bool = False, slide: bool = False, dtype
             True: always, refusing a model they cannot convert; False: the model as given).
     """
     image = load_image(image)
-    model = _run_model(model, fast)
+    model = inference_model(model, fast)
     device, finite = _device(model), bands.FiniteCheck()
     h, w = image.shape[:2]
     probs = None
@@ -213,7 +220,7 @@ def predict(model, image, *, aug: bool = False, slide: bool = False, dtype: torc
         model, image, aug, slide, dtype, scale, protocol, fast: see :func:`predict_probs`.
     """
     image = load_image(image)
-    model = _run_model(model, fast)
+    model = inference_model(model, fast)
     forward = bands.LowResForward(model, dtype)
     h, w = image.shape[:2]
     groups = [_passes(forward, image, size, aug, slide, protocol, _device(model))

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from .ade20k import IGNORE_INDEX
 from .distributed import gather, init_distributed, local_device, world
 from .files import write_atomic
+from .weights import ADE20K_PROTOCOL
 
 __all__ = [
     "param_groups", "build_optimizer", "lr_factor", "build_scheduler", "InfiniteSampler", "SeededDataset",
@@ -397,7 +398,7 @@ class TrainConfig:
     resume: str | None = _field(None, "continue from a checkpoint, its folder, or auto (the default with no "
                                       "value: work-dir/latest.pth if any)", "run")
     val_interval: int = _field(16000, "validate every N iterations and at the end; 0 for never", "run")
-    val_scale: tuple[int, int] = _field((2048, 512), "validation: images fitted into this size, as the test "
+    val_scale: tuple[int, int] = _field(ADE20K_PROTOCOL.scale, "validation: images fitted into this size, as the test "
                                                      "protocol", "run")
     seed: int = _field(0, "seed of the data order, the augmentation and (seed + rank) dropout", "run")
     deterministic: bool = _field(False, "deterministic algorithms (bit-identical resumes; slower)", "run")

@@ -218,3 +218,13 @@ def test_model_forwards_do_not_ask_who_is_watching(model_file):
     for word in ("fast_path", "is_traced", "is_compiling", "is_tracing", "_forward_hooks", "device.type",
                  "isfinite", ".item()", "dispatch", "iwin_cpu", "upernet_cpu"):
         assert word not in source, word
+
+
+def test_no_module_named_like_the_standard_library():
+    import sys
+
+    names = {p.stem for p in PACKAGE.rglob("*.py")}
+    assert {"iwin", "segmenter", "images", "files"} <= names  # the scan sees the package
+    shadowing = sorted(p.relative_to(REPO).as_posix() for p in PACKAGE.rglob("*.py")
+                       if p.stem in sys.stdlib_module_names and not p.stem.startswith("__"))
+    assert not shadowing, shadowing

@@ -18,6 +18,7 @@ from test_data import make_ade20k, make_folder
 from iwin_models import cli
 from iwin_models.data import ADE20KDataset, FolderSegmentationDataset
 from iwin_models.evaluation import IoUMetric, evaluate, format_results
+from iwin_models.layers.twin import CpuTwin
 from iwin_models.segmenter import IwinUPerNet
 
 
@@ -115,8 +116,11 @@ def test_evaluate_with_oracle_and_wrong_predictions(data, monkeypatch):
     labels = [ds.load(i)[1] for i in range(len(ds))]
     calls = []
 
+    models = []
+
     def oracle(model, image, **kwargs):
         calls.append(kwargs)
+        models.append(model)
         label = labels[len(calls) - 1]
         return np.where(label == 255, 0, label)
 
@@ -125,10 +129,15 @@ def test_evaluate_with_oracle_and_wrong_predictions(data, monkeypatch):
     r = evaluate(model, ds, progress=False, scale=(128, 128), slide=True)
     assert model.training  # put back
     assert r["aAcc"] == 1.0 and r["mIoU"] == 1.0 and r["mAcc"] == 1.0 and r["num_images"] == 6
-    assert calls[0] == dict(aug=False, slide=True, dtype=None, scale=(128, 128), fast=None)  # segment()'s default
+    # converted once for the whole set (a copy sharing the weights), then segmented as it is
+    assert calls[0] == dict(aug=False, slide=True, dtype=None, scale=(128, 128), fast=False)
+    assert len({id(m) for m in models}) == 1 and models[0] is not model
+    assert any(isinstance(m, CpuTwin) for m in models[0].modules())
+    assert models[0].segmentation_head.conv_seg.weight is model.segmentation_head.conv_seg.weight
     calls.clear()
+    models.clear()
     evaluate(model, ds, progress=False, limit=1, fast=False, dtype=torch.bfloat16)  # the CLI's: it converted itself
-    assert calls == [dict(aug=False, slide=False, dtype=torch.bfloat16, scale=(2048, 512), fast=False)]
+    assert calls == [dict(aug=False, slide=False, dtype=torch.bfloat16, scale=None, fast=False)] and models == [model]
 
     calls.clear()
     monkeypatch.setattr(inference, "segment", lambda model, image, **kw: (oracle(model, image, **kw) + 1) % 5)

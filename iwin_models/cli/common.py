@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..training import PRECISIONS
+from ..weights import ADE20K_PROTOCOL
 
 __all__ = ["PRECISIONS", "STARTS", "add_model_arguments", "add_precision_option", "add_fast_option", "fast_model",
            "resolve_model", "build_dataset", "parse_device"]
@@ -226,3 +227,14 @@ def __getattr__(name: str):
         warnings.warn("iwin_models.cli.common.DTYPES is deprecated: use PRECISIONS", DeprecationWarning, stacklevel=2)
         return PRECISIONS
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def add_protocol_arguments(parser, scale_hint: str = "") -> None:
+    """--aug, --slide and --scale, described from the ADE20K test protocol (``weights.ADE20K_PROTOCOL``)."""
+    protocol = ADE20K_PROTOCOL
+    ratios = f"{min(protocol.aug_ratios)}..{max(protocol.aug_ratios)}"
+    parser.add_argument("--aug", action="store_true", help=f"multi-scale ({ratios}) + flip test-time augmentation")
+    parser.add_argument("--slide", action="store_true", help=f"sliding-window inference ({protocol.slide_crop} "
+                                                             f"crops, stride {protocol.slide_stride})")
+    parser.add_argument("--scale", type=int, nargs=2, default=protocol.scale, metavar=("LONG", "SHORT"),
+                        help=f"test scale the image is fitted into (default: %(default)s, the protocol's{scale_hint})")

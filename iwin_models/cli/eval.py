@@ -10,6 +10,7 @@ from .common import (
     add_fast_option,
     add_model_arguments,
     add_precision_option,
+    add_protocol_arguments,
     build_dataset,
     fast_model,
     resolve_model,
@@ -35,10 +36,7 @@ def add_arguments(parser) -> None:
                    help="folder data set: label 0 is 'unlabelled' and 1..C the classes (as ADE20K)")
     g.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images only")
     g = parser.add_argument_group("test protocol")
-    g.add_argument("--aug", action="store_true", help="multi-scale (0.5..1.75) + flip test-time augmentation")
-    g.add_argument("--slide", action="store_true", help="sliding-window inference (512 crops, stride 341)")
-    g.add_argument("--scale", type=int, nargs=2, default=(2048, 512), metavar=("LONG", "SHORT"),
-                   help="test scale the image is fitted into (default: 2048 512)")
+    add_protocol_arguments(g)
     add_precision_option(g)
     add_fast_option(g)
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available, else cpu)")

@@ -1,6 +1,7 @@
 """``iwin-seg flops``: parameters and FLOPs of a segmenter or an Iwin backbone, in the mmcv convention."""
 from __future__ import annotations
 
+from ..weights import FLOPS_INPUT
 from .common import resolve_model
 
 
@@ -9,7 +10,7 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("--model", default="iwin_tiny_upernet_ade20k",
                         help=f"a segmenter ({', '.join(SEGMENTERS)}) or a timm model name (iwin_tiny, ...)")
-    parser.add_argument("--shape", type=int, nargs=3, default=(3, 512, 2048), metavar=("C", "H", "W"),
+    parser.add_argument("--shape", type=int, nargs=3, default=FLOPS_INPUT, metavar=("C", "H", "W"),
                         help="input shape (default: %(default)s, as mmseg's get_flops)")
 
 

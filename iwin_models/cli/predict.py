@@ -17,7 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import PRECISIONS, add_fast_option, add_model_arguments, add_precision_option, fast_model, resolve_model
+from .common import (
+    PRECISIONS,
+    add_fast_option,
+    add_model_arguments,
+    add_precision_option,
+    add_protocol_arguments,
+    fast_model,
+    resolve_model,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -27,11 +35,8 @@ def add_arguments(parser) -> None:
                         help="image files or folders (default: the bundled sample photograph)")
     add_model_arguments(parser)
     parser.add_argument("--out", default="iwin_seg_out", help="output folder (default: %(default)s)")
-    parser.add_argument("--aug", action="store_true", help="multi-scale (0.5..1.75) + flip test-time augmentation")
-    parser.add_argument("--slide", action="store_true", help="sliding-window inference (512 crops, stride 341)")
-    parser.add_argument("--scale", type=int, nargs=2, default=(2048, 512), metavar=("LONG", "SHORT"),
-                        help="test scale the image is fitted into (default: 2048 512; an aerial tile at its "
-                             "own resolution: its own size, e.g. --scale 10000 10000 --slide)")
+    add_protocol_arguments(parser, scale_hint="; an aerial tile at its own resolution: its own size, "
+                                              "e.g. --scale 10000 10000 --slide")
     add_precision_option(parser)
     add_fast_option(parser)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available, else cpu)")

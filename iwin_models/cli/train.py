@@ -18,6 +18,7 @@ import typing
 
 import torch
 
+from ..data import TRAIN_SCALE
 from ..training import TrainConfig, Trainer, setup
 from .common import (
     DEFAULT_MODEL,
@@ -58,7 +59,7 @@ class BuildOptions:
     val_images: str | None = _option(None, "folder data set: validation images", "data")
     val_labels: str | None = _option(None, "folder data set: validation labels", "data")
     crop_size: int = _option(512, "training crop", "data")
-    scale: tuple[int, int] = _option((2048, 512), "training resize scale before the random ratio", "data")
+    scale: tuple[int, int] = _option(TRAIN_SCALE, "training resize scale before the random ratio", "data")
     ratio_range: tuple[float, float] = _option((0.5, 2.0), "random resize ratio range", "data")
 
     def validate(self) -> BuildOptions:
