@@ -158,3 +158,13 @@ def test_tracers_of_a_converted_model_work_or_name_the_plain_model():
     restored = restore_plain(converted, inplace=False)
     with torch.no_grad():
         torch.testing.assert_close(torch.fx.symbolic_trace(restored)(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_compile_of_a_converted_segmenter_runs_its_twins_eagerly():
+    torch.manual_seed(0)
+    model = IwinUPerNet("iwin_tiny", encoder_kwargs=MINI, classes=4, decoder_channels=32, aux_channels=0).eval()
+    converted = optimize_for_cpu(model, inplace=False)
+    x = torch.randn(1, 3, 45, 61)
+    torch.compiler.reset()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(converted, backend="eager")(x), model(x), rtol=1e-5, atol=1e-5)

@@ -146,4 +146,5 @@ def test_attention_equals_padding_first(h, w, ws, heads, small_chunks, monkeypat
         out = attn.proj((weights @ v).transpose(1, 2).flatten(2))
         expected = deinterleave_windows(out, ws, h, w)
         torch.testing.assert_close(attn(x, ws), expected, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(iwin_cpu._attention(attn, x, ws), expected, rtol=1e-12, atol=1e-12)
+        fast = iwin_cpu._attention(attn, x, ws, iwin_cpu.ALL_PATHS)
+        torch.testing.assert_close(fast, expected, rtol=1e-12, atol=1e-12)

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .twin import CpuTwin, bypassed_problems, refuse_tracing
+from .twin import CpuTwin, bypassed_problems, eager_only, refuse_tracing
 
 __all__ = ["CpuUPerNetDecoder"]
 
@@ -51,6 +51,7 @@ class CpuUPerNetDecoder(CpuTwin):
             problems.append(f"{where}.0 is a grouped or non-zero-padded convolution")
         return problems
 
+    @eager_only
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         refuse_tracing(features[-1])
         features = [norm(f) for norm, f in zip(self.feature_norms, features[2:])]
