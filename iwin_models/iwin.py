@@ -42,6 +42,7 @@ from timm.models import (
     resolve_pretrained_cfg,
 )
 from timm.models._features import FeatureGetterNet, feature_take_indices
+from timm.models._input import get_model_traits, update_model_input_size
 
 from .checkpoint import CheckpointError, cached_path_for_url, check_state_dict_fits, unwrap_state_dict
 from .convert import convert_official_backbone
@@ -316,6 +317,18 @@ def _check_image_batch(x: torch.Tensor, in_chans: int):
 torch.fx.wrap("_check_image_batch")
 
 
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _one_window(window_size: int | Sequence) -> int:
+    """The one window size of every stage from timm's forms: an int, (w, w), or per-stage values all equal."""
+    flat = [window_size] if isinstance(window_size, int) else [w for v in window_size for w in _pair(v)]
+    if len(set(flat)) != 1 or not isinstance(flat[0], int):
+        raise ValueError(f"Iwin uses one square window for every stage, got window_size={window_size!r}")
+    return flat[0]
+
+
 class IwinTransformer(nn.Module):
     """Iwin Transformer: patch embedding, four stages of Iwin blocks, norm, pooled linear head.
 
@@ -464,10 +477,43 @@ class IwinTransformer(nn.Module):
 
     def set_window_size(self, window_size: int):
         """Run with another interleaved-window size (the weights do not depend on it)."""
+        if not isinstance(window_size, int) or window_size < 1:
+            raise ValueError(f"window_size must be a positive int, got {window_size!r}")
         self.window_size = window_size
         for stage in self.layers:
             for block in stage.blocks:  # an IwinBlock, or its CPU twin
                 block.window_size = window_size
+
+    @torch.jit.ignore
+    def set_input_size(
+            self,
+            img_size: int | Sequence[int] | None = None,
+            patch_size: int | Sequence[int] | None = None,
+            window_size: int | Sequence[int] | None = None,
+            window_ratio: int | None = None,
+            always_partition: bool | None = None,
+    ):
+        """timm's resize API (as its Swin's). Iwin runs any input size, so ``img_size`` changes no module: it is
+        the nominal size that timm's data config and hub round trips read. ``window_size`` changes the
+        interleaved window as the constructor argument does (one size for every stage: an int, ``(w, w)`` or
+        equal per-stage values); ``window_ratio`` sets it to the patch grid of the image size divided by the
+        ratio. ``patch_size`` is part of the weights, and Iwin always partitions (``always_partition``): only
+        the current values are accepted."""
+        p = self.patch_embed.patch_size
+        if patch_size is not None and tuple(_pair(patch_size)) != (p, p):
+            raise ValueError(f"patch_size is part of Iwin's weights: it stays {p}, got {patch_size}")
+        if always_partition is False:
+            raise ValueError("Iwin always partitions the map into windows (padding it): always_partition=False "
+                             "has no meaning here")
+        size = _pair(img_size) if img_size is not None else get_model_traits(self).get("img_size")
+        if window_size is None and window_ratio is not None:
+            if size is None:
+                raise ValueError("window_ratio needs an image size: pass img_size")
+            window_size = max(min(size) // p // window_ratio, 1)
+        if window_size is not None:
+            window_size = _one_window(window_size)
+            self.set_window_size(window_size)
+        update_model_input_size(self, size, window_size=window_size)
 
     @torch.jit.ignore
     def check_input(self, x: torch.Tensor):

@@ -695,3 +695,45 @@ def test_fx_feature_extraction():
     assert [tuple(f.shape) for f in feats] == [(1, 25, 33, 32), (1, 13, 17, 64), (1, 7, 9, 128), (1, 4, 5, 256)]
     for f, e in zip(feats, expected, strict=True):
         torch.testing.assert_close(f, e, rtol=1e-5, atol=1e-5)
+
+
+def test_set_input_size_changes_the_window_and_survives_a_hub_round_trip(tmp_path):
+    """timm's window-model API, as timm's own test_windowed_model_resize_roundtrip runs it on Swin."""
+    from timm.models._hub import save_for_hf
+    from timm.models._input import get_model_input_config
+
+    model = timm.create_model("iwin_tiny", img_size=64, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8),
+                              num_classes=7).eval()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        before = model(x)
+        model.set_input_size(img_size=96, window_size=4)
+        model.set_input_size(window_size=3)
+        after = model(x)
+    assert {b.window_size for stage in model.layers for b in stage.blocks} == {3} and model.window_size == 3
+    assert not torch.allclose(before, after)  # the window changed what attention sees
+    same_as_built = timm.create_model("iwin_tiny", img_size=64, embed_dim=16, depths=(1, 1, 1, 1),
+                                      num_heads=(1, 2, 4, 8), num_classes=7, window_size=3).eval()
+    same_as_built.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(same_as_built(x), after, rtol=0, atol=0)  # as the constructor argument does
+    save_for_hf(model, tmp_path)
+    restored = timm.create_model("local-dir:" + str(tmp_path), pretrained=True).eval()
+    assert get_model_input_config(restored)["input_size"] == (3, 96, 96) and restored.window_size == 3
+    with torch.no_grad():
+        torch.testing.assert_close(restored(x), after, rtol=0, atol=0)
+
+
+def test_set_input_size_window_ratio_and_refusals():
+    model = timm.create_model("iwin_tiny", **MINI)
+    model.set_input_size(img_size=(224, 320), window_ratio=8)  # patch grid 56 x 80: 56 // 8
+    assert model.window_size == 7
+    model.set_input_size(window_size=(12, 12, 12, 12))
+    assert model.window_size == 12
+    with pytest.raises(ValueError, match="one square window"):
+        model.set_input_size(window_size=(7, 7, 14, 7))
+    with pytest.raises(ValueError, match="patch_size is part of Iwin's weights"):
+        model.set_input_size(patch_size=8)
+    with pytest.raises(ValueError, match="always partitions"):
+        model.set_input_size(always_partition=False)
+    assert model.window_size == 12  # a refused call changed nothing

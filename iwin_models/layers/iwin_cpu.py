@@ -32,8 +32,11 @@ __all__ = ["CpuPatchEmbed", "CpuIwinBlock", "patch_embed_forward", "block_forwar
 
 ALL_PATHS = frozenset(("onednn_linear", "patch_matmul", "skip_padding", "chunked", "inplace"))
 
-# chunk size of CPU inference (on 2 EPYC cores 4-16 MB were alike within noise, 1 MB was 20% slower)
-_CHUNK_BYTES = 8 << 20
+# Chunk size of CPU inference. Quiet, on 2 EPYC cores, 4-32 MB were alike within noise (Iwin-T backbone at
+# 1024^2: 0.55x the plain model's time with 8 MB, 0.56x with 32 MB) and 1 MB was 20% slower. Each chunk is a few
+# operations, and on a busy machine each operation waits for the busiest core: with another 2-thread PyTorch
+# job running, 8 MB took 0.69-0.90x the plain model's time and 32 MB 0.62-0.77x (two runs), so 32 MB.
+_CHUNK_BYTES = 32 << 20
 # qkv on the real tokens only where padded FLOPs per token (share * 3C^2) outweigh the extra 2C
 # channels copied per token; the threshold is where it started to pay on a 2-core AVX-512 CPU
 _SKIP_PADDING_MIN = 32
