@@ -1,7 +1,8 @@
 """``iwin-seg convert``: an official checkpoint -> a safetensors folder ready for the Hugging Face hub.
 
-ADE20K segmenters become an smp ``save_pretrained`` folder, ImageNet backbones a timm folder (see
-:mod:`iwin_models.hub`). Upload the folder with ``huggingface-cli upload <org>/<repo> <folder>``.
+ADE20K segmenters become an smp ``save_pretrained`` folder (``--format smp``, the default) or a transformers
+UperNet folder (``--format transformers``), ImageNet backbones a timm folder (see :mod:`iwin_models.hub`). Every
+folder has a model card. Upload the folder with ``huggingface-cli upload <org>/<repo> <folder>``.
 """
 from __future__ import annotations
 
@@ -11,7 +12,26 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True,
                         help="segmenter name (iwin_tiny_upernet_ade20k, ...) or timm backbone "
                              "(iwin_tiny, iwin_base.in22k, ...)")
+    parser.add_argument("--format", choices=("smp", "transformers", "timm"), default=None,
+                        help="smp (a segmenter's default) or transformers (UperNetForSemanticSegmentation; needs "
+                             "iwin-models[transformers]) for a segmenter; timm for a backbone (its only format)")
     parser.add_argument("--out", required=True, help="output folder")
+
+
+def _format(args, segmenter: bool) -> str:
+    """The format, checked against the model (and its extra installed) before any work."""
+    fmt = args.format or ("smp" if segmenter else "timm")
+    if segmenter and fmt == "timm" or not segmenter and fmt != "timm":
+        kind = "a segmenter converts to smp or transformers" if segmenter else "a backbone converts to timm only"
+        raise ValueError(f"--format {fmt} does not fit --model {args.model}: {kind}")
+    if fmt == "transformers":
+        from ..transformers_port import require_transformers
+
+        try:
+            require_transformers()
+        except ImportError as e:  # the one-line error of the CLI, not a traceback
+            raise ValueError(str(e)) from None
+    return fmt
 
 
 def run(args) -> int:
@@ -21,11 +41,13 @@ def run(args) -> int:
     from ..hub import convert_backbone, convert_segmenter
     from ..segmenter import SEGMENTERS
 
-    if args.model in SEGMENTERS:
-        out = convert_segmenter(args.checkpoint, args.model, args.out)
-    elif timm.is_model(args.model.split(".")[0]) and args.model.startswith("iwin"):
-        out = convert_backbone(args.checkpoint, args.model, args.out)
-    else:
+    segmenter = args.model in SEGMENTERS
+    if not segmenter and not (timm.is_model(args.model.split(".")[0]) and args.model.startswith("iwin")):
         raise ValueError(f"unknown model {args.model!r}: a segmenter ({', '.join(SEGMENTERS)}) or an iwin_* timm model")
+    fmt = _format(args, segmenter)
+    if segmenter:
+        out = convert_segmenter(args.checkpoint, args.model, args.out, format=fmt)
+    else:
+        out = convert_backbone(args.checkpoint, args.model, args.out)
     print(f"wrote {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
     return 0
