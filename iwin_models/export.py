@@ -9,6 +9,7 @@ has to be fixed at export); ``height`` and ``width`` then only size the example 
 """
 from __future__ import annotations
 
+import importlib
 import warnings
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch.nn as nn
 from .files import write_atomic
 from .layers.config import dynamic_tracing
 
-__all__ = ["export_onnx", "export_program", "dynamic_tracing", "program_guards"]
+__all__ = ["export_onnx", "export_program", "dynamic_tracing", "program_guards", "require_onnx", "ONNX_EXTRA"]
 
 
 class _LogitsOnly(nn.Module):
@@ -92,6 +93,23 @@ def export_program(model: nn.Module, height: int = 512, width: int = 512,
     return program
 
 
+ONNX_EXTRA = "pip install 'iwin-models[onnx]'"  # the extra that brings what export_onnx needs
+
+
+def require_onnx() -> None:
+    """Raise an ImportError (one line: what is missing, and :data:`ONNX_EXTRA`) unless ``onnx`` and ``onnxscript``
+    import. Call it before any slow work (``iwin-seg export --onnx`` does, before loading the model)."""
+    missing = []
+    for module in ("onnx", "onnxscript"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise ImportError(f"ONNX export needs onnx and onnxscript ({' and '.join(missing)} not installed): "
+                          f"{ONNX_EXTRA}")
+
+
 def export_onnx(model: nn.Module, path: str | Path, height: int = 512, width: int = 512, opset: int = 18,
                 dynamic: bool = False) -> Path:
     """Write ``model`` (eval mode) as ONNX: input ``image`` (1, C, height, width) -> ``logits``.
@@ -100,11 +118,7 @@ def export_onnx(model: nn.Module, path: str | Path, height: int = 512, width: in
     (symbolic dims named ``batch``, ``height``, ``width``) and one file serves every size.
     Needs the ``onnx`` extra (``pip install iwin-models[onnx]``: onnx, onnxscript).
     """
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as e:
-        raise ImportError("ONNX export needs onnx and onnxscript: pip install 'iwin-models[onnx]'") from e
+    require_onnx()
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ the weights registry is :mod:`iwin_models.weights`, checkpoint loading :mod:`iwi
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Sequence
 
@@ -38,6 +39,7 @@ from . import iwin as _iwin  # noqa: F401  (registers the timm models used as en
 from .checkpoint import (
     CheckpointError,
     load_segmenter_weights,  # noqa: F401  (re-exported: its home before 0.2)
+    read_weights,
 )
 from .convert import convert_mmseg_upernet
 from .layers.config import is_dynamic_tracing
@@ -384,7 +386,7 @@ def create_segmenter(
         name: str,
         pretrained: bool = True,
         num_classes: int = 150,
-        weights: str | dict | None = None,
+        weights: str | os.PathLike | dict | None = None,
         encoder_pretrained: bool | str = False,
         aux_head: bool = True,
         **kwargs,
@@ -396,14 +398,21 @@ def create_segmenter(
         pretrained: load the authors' ADE20K weights (from the torch.hub cache, downloaded once).
         num_classes: classes of the model; a count other than the checkpoint's keeps the
             pretrained body and re-initialises the classifiers (with a warning).
-        weights: a local path (.pth, .safetensors), URL or loaded checkpoint to use instead of the
-            official file; implies ``pretrained``.
+        weights: the tensors to use instead of the official file (implies ``pretrained``): a loaded
+            checkpoint, or what :func:`iwin_models.checkpoint.read_weights` reads: a path (.pth, .safetensors),
+            the bare file name of a download in ``$TORCH_HOME/hub/checkpoints`` (the official files land there),
+            a URL, a folder written by ``save_pretrained`` / ``iwin-seg convert`` or a Hugging Face hub
+            repository ``owner/name``. They are read before the model is built and must fit ``name``'s
+            architecture (to take the architecture from a folder, use :func:`iwin_models.resolve.load_segmenter`).
         encoder_pretrained: start the backbone from ImageNet weights instead (for training): True for
             the variant's official ``.in1k`` timm weights, or a path to a classification checkpoint.
         aux_head: build the auxiliary FCN head (used for the training loss only).
         **kwargs: ``window_size``, ``drop_path_rate`` (0.3 by default, the training recipe), ``dropout``.
     """
     spec = registered(name)
+    checkpoint = weights if weights is not None else spec.url if pretrained else None
+    if checkpoint is not None and not isinstance(checkpoint, dict):
+        checkpoint = read_weights(checkpoint)  # first: a missing or damaged file fails before the model is built
     encoder_kwargs = dict(spec.encoder_kwargs, drop_path_rate=kwargs.pop("drop_path_rate", 0.3))
     if "window_size" in kwargs:
         encoder_kwargs["window_size"] = kwargs.pop("window_size")
@@ -423,8 +432,8 @@ def create_segmenter(
         palette=spec.palette if same_classes else None,
         **kwargs,
     )
-    if weights is not None or pretrained:
-        load_segmenter_weights(model, weights if weights is not None else spec.url)
+    if checkpoint is not None:
+        load_segmenter_weights(model, checkpoint)
     return model
 
 

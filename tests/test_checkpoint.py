@@ -10,7 +10,13 @@ import torch
 from conftest import MINI
 
 from iwin_models import CheckpointError
-from iwin_models.checkpoint import load_segmenter_weights
+from iwin_models.checkpoint import (
+    hub_repo_id,
+    load_segmenter_weights,
+    locate_weights,
+    read_weights,
+    torch_hub_checkpoints,
+)
 from iwin_models.segmenter import IwinUPerNet
 
 
@@ -89,3 +95,45 @@ def test_key_maps_and_checkpoint_reading_import_no_model_module():
     ours = lambda names: {n for n in names if n.startswith((".", "iwin_models"))}
     assert ours(imports(checkpoint)) == set()
     assert ours(imports(convert)) == {".checkpoint"}
+
+
+# --- what a user names as weights -> the file (locate_weights, read_weights) -----------------------------
+
+@pytest.mark.parametrize("text, repo", [
+    ("owner/name", "owner/name"), ("hf-hub:owner/iwin-t.v2", "owner/iwin-t.v2"), ("owner/x.pth", None),
+    ("owner/x.safetensors", None), ("a/b/c", None), ("name", None), ("/abs/x", None), ("owner/..", None),
+    ("owner/a--b", None),
+])
+def test_what_reads_as_a_hub_repository(text, repo):
+    assert hub_repo_id(text) == repo
+
+
+def test_locate_weights_looks_here_then_in_the_torch_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cache = torch_hub_checkpoints()
+    cache.mkdir(parents=True)
+    torch.save({"a": torch.zeros(1)}, cache / "w.pth")
+    assert locate_weights("w.pth").file == cache / "w.pth"  # a bare name: the cache's file
+    torch.save({"a": torch.ones(1)}, tmp_path / "w.pth")
+    assert locate_weights("w.pth").file == Path("w.pth")  # one here wins
+    assert torch.equal(read_weights("w.pth")["a"], torch.ones(1))
+    assert locate_weights(f"file://{tmp_path / 'w.pth'}").file == tmp_path / "w.pth"
+    with pytest.raises(CheckpointError, match=r"no such checkpoint file: sub/w.pth$"):  # a path: that place only
+        locate_weights("sub/w.pth")
+    with pytest.raises(CheckpointError) as e:
+        locate_weights("other.pth")
+    assert f"looked in the current folder, {tmp_path}, and in the torch.hub cache, {cache}" in str(e.value)
+
+
+def test_a_save_pretrained_folder_reads_with_its_class_names(tmp_path):
+    saved = _mini(classes=3, class_names=["sky", "tree", "road"])
+    saved.save_pretrained(tmp_path / "f")
+    checkpoint = read_weights(tmp_path / "f")
+    assert checkpoint["meta"] == {"CLASSES": ["sky", "tree", "road"]}
+    assert checkpoint["state_dict"].keys() == saved.state_dict().keys()
+    loaded = load_segmenter_weights(_mini(classes=3), tmp_path / "f")  # a Path, as a str
+    assert loaded.class_names == ["sky", "tree", "road"]
+    assert all(torch.equal(v, saved.state_dict()[k]) for k, v in loaded.state_dict().items())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="is a directory, not a checkpoint file nor a folder written by"):
+        read_weights(tmp_path / "empty")

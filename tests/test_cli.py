@@ -18,6 +18,7 @@ from test_data import make_ade20k, make_folder
 from iwin_models import cli
 from iwin_models.cli.common import PRECISIONS, build_dataset, fast_model, resolve_model
 from iwin_models.data import ADE20KDataset, FolderSegmentationDataset
+from iwin_models.resolve import load_segmenter
 from iwin_models.segmenter import IwinUPerNet
 
 PACKAGE = REPO / "iwin_models"
@@ -283,11 +284,21 @@ def create_calls(monkeypatch):
     return calls
 
 
-def test_resolver_starts_of_a_registered_name(create_calls, capsys):
-    resolve_model(TINY)
-    assert create_calls[-1] == dict(name=TINY, pretrained=True)  # the authors' ADE20K weights
-    resolve_model(TINY, "ckpt.pth", start="imagenet", encoder_pretrained="in1k.pth", num_classes=7)
-    assert create_calls[-1] == dict(name=TINY, pretrained=True, weights="ckpt.pth", num_classes=7)
+def test_resolver_starts_of_a_registered_name(create_calls, capsys, tmp_path):
+    """The segmenter factory is asked for the architecture only (``pretrained=False``, no weights): the resolver
+    reads the weights itself (the official file from the torch.hub cache, or --weights) and loads them."""
+    from iwin_models.checkpoint import torch_hub_checkpoints
+    from iwin_models.weights import SEGMENTERS
+
+    official, tuned = _mini(150, 3), _mini(7, 4)
+    torch_hub_checkpoints().mkdir(parents=True)
+    torch.save({"state_dict": official.state_dict()}, torch_hub_checkpoints() / SEGMENTERS[TINY].file_name)
+    assert _same_weights(resolve_model(TINY), official)  # the authors' ADE20K weights, from the cache
+    assert create_calls[-1] == dict(name=TINY, pretrained=False)
+    torch.save(tuned.state_dict(), tmp_path / "ckpt.pth")
+    model = resolve_model(TINY, str(tmp_path / "ckpt.pth"), start="imagenet", encoder_pretrained="in1k.pth",
+                          num_classes=7)
+    assert _same_weights(model, tuned) and create_calls[-1] == dict(name=TINY, pretrained=False, num_classes=7)
     resolve_model(TINY, start="imagenet", num_classes=7, drop_path_rate=0.3)
     assert create_calls[-1] == dict(name=TINY, pretrained=False, encoder_pretrained=True, num_classes=7,
                                     drop_path_rate=0.3)
@@ -298,9 +309,11 @@ def test_resolver_starts_of_a_registered_name(create_calls, capsys):
     assert capsys.readouterr().err == ""
     resolve_model(TINY, start="random")
     assert create_calls[-1] == dict(name=TINY, pretrained=False)
-    assert "RANDOM weights" in capsys.readouterr().err
+    assert "iwin-seg: warning: no --weights given" in capsys.readouterr().err
     resolve_model(TINY, start="random", warn=False)
     assert capsys.readouterr().err == ""
+    with pytest.warns(UserWarning, match="RANDOM weights"):  # the library's own warning, for Python callers
+        load_segmenter(TINY, start="random")
 
 
 def test_resolver_random_and_imagenet_starts_build_real_models(tmp_path, capsys):

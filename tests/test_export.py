@@ -100,6 +100,58 @@ def test_cli_export_unknown_model(tmp_path, capsys):
     assert "unknown model" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("missing", ["onnxscript", "onnx"])
+def test_cli_export_checks_the_onnx_extra_before_loading_the_model(tmp_path, capsys, monkeypatch, missing):
+    """Without the onnx extra: one line with the install hint, exit 2, no traceback, and no model built (the
+    official Iwin-T took 28 s to load before the old message came)."""
+    import sys
+
+    import iwin_models.cli.common as common
+    import iwin_models.segmenter as segmenter
+
+    monkeypatch.setitem(sys.modules, missing, None)  # what `import <missing>` meets when it is not installed
+    built = []
+    monkeypatch.setattr(common, "load_segmenter", lambda *a, **k: built.append(a) or pytest.fail("model loaded"))
+    monkeypatch.setattr(segmenter, "create_segmenter", lambda *a, **k: built.append(a) or pytest.fail("built"))
+    argv = ["export", "--model", "iwin_tiny_upernet_ade20k", "--weights", "iwin_tiny_patch4_window7_512_ade20k_1k.pth",
+            "--onnx", str(tmp_path / "x.onnx")]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("iwin-seg export: error: ONNX export needs onnx and onnxscript")
+    assert f"({missing} not installed)" in err and err.rstrip().endswith("pip install 'iwin-models[onnx]'")
+    assert built == [] and not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_export_program_does_not_need_the_onnx_extra(tmp_path, capsys, monkeypatch):
+    import sys
+
+    import iwin_models.cli.common as common
+
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    calls = []
+
+    def resolver(*args, **kwargs):  # the check passed: the command goes on to the model
+        calls.append(args)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(common, "load_segmenter", resolver)
+    assert cli_main(["export", "--model", "iwin_tiny_upernet_ade20k", "--program", str(tmp_path / "x.pt2")]) == 2
+    assert calls == [("iwin_tiny_upernet_ade20k", None)] and "stop here" in capsys.readouterr().err
+
+
+def test_export_onnx_in_python_names_the_extra(mini, tmp_path, monkeypatch):
+    import sys
+
+    from iwin_models.export import require_onnx
+
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ImportError, match=r"\(onnx not installed\): pip install 'iwin-models\[onnx\]'"):
+        require_onnx()
+    with pytest.raises(ImportError, match="iwin-models\\[onnx\\]"):
+        export_onnx(mini, tmp_path / "x.onnx")
+
+
 @pytest.mark.slow
 def test_torch_compile_equals_eager(mini, image):
     compiled = torch.compile(mini)

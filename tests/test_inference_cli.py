@@ -117,25 +117,85 @@ def test_prefetch_and_options(folder, model_dir, tmp_path, capsys):
     assert "--scale must be positive" in capsys.readouterr().err
 
 
+def _tree(out: Path) -> list[str]:
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+
+
+def _labels_of(model_dir, image: Path) -> np.ndarray:
+    return inference.segment(IwinUPerNet.from_pretrained(model_dir).eval(), image, scale=(96, 64))
+
+
+def test_images_from_two_folders_with_one_name_keep_their_folders(model_dir, tmp_path, monkeypatch, capsys):
+    """``a/x.png b/x.png``: each result under its folder (the first is not overwritten by the second)."""
+    monkeypatch.chdir(tmp_path)
+    for i, d in enumerate(("a", "b/deeper")):
+        Path(d).mkdir(parents=True)
+        Image.fromarray(_rgb(30 + 10 * i, 50, seed=i)).save(f"{d}/x.png")
+    assert _predict("a/x.png", "b/deeper/x.png", model_dir=model_dir, out="o") == 0
+    assert _tree(tmp_path / "o") == ["a/x_labels.png", "a/x_overlay.png", "b/deeper/x_labels.png",
+                                     "b/deeper/x_overlay.png"]
+    for d in ("a", "b/deeper"):
+        assert np.array_equal(np.array(Image.open(f"o/{d}/x_labels.png")), _labels_of(model_dir, Path(f"{d}/x.png")))
+    calls = []
+    real_predict = inference.predict
+    monkeypatch.setattr(inference, "predict", lambda *a, **k: calls.append(1) or real_predict(*a, **k))
+    assert _predict("a/x.png", "b/deeper/x.png", "--skip-existing", model_dir=model_dir, out="o") == 0
+    assert calls == [], "--skip-existing finds the mirrored outputs"
+
+
+def test_one_stem_twice_in_a_folder_is_named_by_the_whole_file_name(model_dir, tmp_path):
+    d = tmp_path / "photos"
+    d.mkdir()
+    Image.fromarray(_rgb(30, 50, seed=1)).save(d / "x.png")
+    Image.fromarray(_rgb(40, 20, seed=2)).save(d / "x.jpg")
+    Image.fromarray(_rgb(20, 20, seed=3)).save(d / "y.png")
+    out = tmp_path / "o"
+    assert _predict(d, d / "y.png", model_dir=model_dir, out=out) == 0  # y.png named twice: segmented once
+    assert _tree(out) == ["x.jpg_labels.png", "x.jpg_overlay.png", "x.png_labels.png", "x.png_overlay.png",
+                          "y_labels.png", "y_overlay.png"]
+    assert np.array(Image.open(out / "x.jpg_labels.png")).shape == (40, 20)
+    assert np.array(Image.open(out / "x.png_labels.png")).shape == (30, 50)
+
+
+def test_a_clash_that_remains_is_refused_before_any_work(model_dir, tmp_path, monkeypatch, capsys):
+    import iwin_models.cli.predict as predict
+
+    d = tmp_path / "photos"
+    d.mkdir()
+    for name in ("x.jpg.png", "x.jpg", "x.png"):  # x.jpg.png's stem is x.jpg's file name
+        Image.fromarray(_rgb(8, 8)).save(d / name, format="PNG")
+    monkeypatch.setattr(predict, "resolve_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = tmp_path / "o"
+    assert _predict(d / "x.jpg.png", d / "x.jpg", d / "x.png", model_dir=model_dir, out=out) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("iwin-seg predict: error: ")
+    assert str(d / "x.jpg.png") in err and str(d / "x.jpg") + " " in err and "x.jpg_overlay.png" in err
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_torchrun_splits_the_images_and_writes_what_one_process_writes(folder, model_dir, tmp_path):
     for bad in ("cut.png", "huge.png"):
         (folder / bad).unlink()  # notes.jpg stays: a failure in one process fails the job
+    (tmp_path / "more").mkdir()
+    Image.fromarray(_rgb(30, 30, 7)).save(tmp_path / "more" / "good0.png")  # a second folder, a name again
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    common = ["predict", str(folder), "--model", str(model_dir), "--device", "cpu", "--scale", "96", "64"]
+    common = ["predict", str(folder), str(tmp_path / "more"), "--model", str(model_dir), "--device", "cpu",
+              "--scale", "96", "64"]
     one = subprocess.run([sys.executable, "-m", "iwin_models.cli", *common, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "iwin_models.cli", *common, "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, env=env)
-    assert one.returncode == 2 and "1 of 5 images could not be read" in one.stderr, one.stderr
-    assert two.returncode != 0 and "1 of 5 images could not be read" in two.stderr, two.stderr
-    names = sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert len(names) == 8 and names == sorted(p.name for p in (tmp_path / "two").iterdir())
+    assert one.returncode == 2 and "1 of 6 images could not be read" in one.stderr, one.stderr
+    assert two.returncode != 0 and "1 of 6 images could not be read" in two.stderr, two.stderr
+    names = _tree(tmp_path / "one")
+    assert len(names) == 10 and names == _tree(tmp_path / "two")
+    assert {"photos/good0_labels.png", "more/good0_labels.png"} <= set(names)  # the folders mirrored
     for name in names:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     lines = [line for line in two.stdout.splitlines() if " -> " in line]
-    assert len(lines) == 4, "each image segmented by one process"
+    assert len(lines) == 5, "each image segmented by one process"
 
 
 def test_atomic_outputs_get_the_mode_open_would_give(tmp_path):

@@ -9,7 +9,16 @@ import pytest
 from iwin_models import ade20k
 from iwin_models.inference import colorize as colorize_from_inference
 from iwin_models.inference import overlay as overlay_from_inference
-from iwin_models.visualize import BLEND_ROWS, LEGEND_LINE, LEGEND_PAD, classes_by_area, colorize, overlay
+from iwin_models.visualize import (
+    BLEND_ROWS,
+    LEGEND_LINE,
+    LEGEND_MIN_SHARE,
+    LEGEND_PAD,
+    classes_by_area,
+    colorize,
+    legend_entries,
+    overlay,
+)
 
 PALETTE = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (10, 20, 30)]
 NAMES = ["red ", "green", "blue", "dark"]
@@ -72,3 +81,46 @@ def test_overlay_blends_a_band_of_rows_at_a_time():
         tracemalloc.stop()
     canvas = h * (w + 100) * 3  # the picture itself (and PIL's copy of it)
     assert peak < 2 * canvas + 2 * 24 * BLEND_ROWS * w < 24 * h * w, peak
+
+
+def _synthetic_map() -> np.ndarray:
+    """100x100 pixels: wall (0) 79.78%, road (3) 20%, sky (1) exactly 0.1% (10 px, listed), tree (2) 9 px and
+    car (4) 1 px (together 0.1%: "other"), and 2 px of a label with no class (7: in no line)."""
+    labels = np.zeros((100, 100), np.uint8)
+    labels[:20] = 3  # 2000 px
+    labels[50, :10] = 1  # 10 px: 0.1%, the threshold itself
+    labels[60, :9] = 2  # 9 px: 0.09%
+    labels[70, 0] = 4  # 1 px
+    labels[80, :2] = 7  # no class (beyond the names): in no line
+    return labels
+
+
+NAMES5 = ["wall", "sky", "tree", "road", "car"]
+PALETTE5 = [(120, 120, 120), (6, 230, 230), (4, 200, 3), (140, 140, 140), (0, 102, 200)]
+
+
+def test_the_legend_lists_classes_at_0_1_percent_and_sums_the_rest():
+    assert legend_entries(_synthetic_map(), NAMES5) == [
+        (0, "wall 80%"), (3, "road 20%"), (1, "sky 0.1%"), (None, "other (2 classes) 0.1%")]
+    assert LEGEND_MIN_SHARE == 0.001
+    every = legend_entries(_synthetic_map(), NAMES5, min_share=0)
+    assert [i for i, _ in every] == [0, 3, 1, 2, 4] and every[-1] == (4, "car <0.1%")
+
+
+def test_no_other_line_without_small_classes_and_one_class_in_it():
+    labels = np.zeros((10, 10), np.uint8)
+    labels[:5] = 1
+    assert legend_entries(labels, NAMES5) == [(0, "wall 50%"), (1, "sky 50%")]
+    big = np.zeros((100, 100), np.uint8)
+    big[0, 0] = 2
+    assert legend_entries(big, NAMES5) == [(0, "wall 100%"), (None, "other (1 class) <0.1%")]
+
+
+def test_the_overlay_draws_the_other_line_with_an_empty_swatch():
+    labels = _synthetic_map()
+    picture = np.asarray(overlay(np.zeros((100, 100, 3), np.uint8), labels, NAMES5, PALETTE5))
+    w = labels.shape[1]
+    swatches = [tuple(picture[LEGEND_PAD + n * LEGEND_LINE + 7, w + LEGEND_PAD + 5]) for n in range(4)]
+    assert swatches == [PALETTE5[0], PALETTE5[3], PALETTE5[1], (255, 255, 255)]
+    assert (picture[LEGEND_PAD + 3 * LEGEND_LINE + 2, w + LEGEND_PAD] == 0).all(), "the 'other' swatch is outlined"
+    assert (picture[LEGEND_PAD + 4 * LEGEND_LINE + 7:, w:] == 255).all(), "four lines, not six"

@@ -1,7 +1,10 @@
-"""What the commands share: the one model resolver, the one data-set builder, precision and speed options.
+"""What the commands share: the call to the one model resolver, the one data-set builder, precision, speed
+and optional-dependency checks.
 
-Every command that needs a segmenter resolves it with :func:`resolve_model` ("a registered name, a
-``save_pretrained`` folder, or either with ``--weights``"), and every command that reads a data set
+Every command that needs a segmenter resolves ``--model``/``--weights`` with :func:`resolve_model`, which
+calls the library's resolver (:func:`iwin_models.resolve.load_segmenter`: a registered name, a weights
+file, a ``save_pretrained``/``convert`` folder or a hub repository, as in Python); a command that needs an
+optional extra checks it first (:func:`check_dependencies`); every command that reads a data set
 from its options builds it with :func:`build_dataset` (ADE20K, or a folder data set). ``predict``,
 ``eval`` and ``train`` take ``--precision`` (:func:`add_precision_option`, one table:
 :data:`iwin_models.training.PRECISIONS`) and run the model :func:`fast_model` gives (CPU fast twins
@@ -17,25 +20,24 @@ from pathlib import Path
 
 import torch
 
+from ..resolve import STARTS, load_segmenter, parse_device, starts_random
 from ..training import PRECISIONS
-from ..weights import ADE20K_PROTOCOL
+from ..weights import ADE20K_PROTOCOL, SEGMENTERS
 
 __all__ = ["PRECISIONS", "STARTS", "add_model_arguments", "add_precision_option", "add_fast_option", "fast_model",
-           "resolve_model", "build_dataset", "parse_device"]
-
-STARTS = ("official", "random", "imagenet")  # what a registered name without --weights starts from
+           "resolve_model", "build_dataset", "parse_device", "check_dependencies", "MissingExtraError"]
 
 DEFAULT_MODEL = "iwin_tiny_upernet_ade20k"
-_WEIGHTS_HELP = ("official mmseg .pth, safetensors file or save_pretrained folder, or URL "
+_WEIGHTS_HELP = ("official mmseg .pth (a path, or the file name of a download in $TORCH_HOME/hub/checkpoints), "
+                 "safetensors file, save_pretrained/convert folder, Hugging Face hub repo (owner/name) or URL "
                  "(default: the official checkpoint, from the torch.hub cache)")
 
 
 def add_model_arguments(parser, default: str | None = DEFAULT_MODEL, weights_help: str = _WEIGHTS_HELP,
                         weights_metavar: str | None = None) -> None:
     """``--model`` (required when ``default`` is None) and ``--weights`` on ``parser`` (or an argument group)."""
-    from ..segmenter import SEGMENTERS
-
-    model_help = f"segmenter name ({', '.join(SEGMENTERS)}) or a folder written by save_pretrained"
+    model_help = (f"segmenter name ({', '.join(SEGMENTERS)}), a folder written by save_pretrained or "
+                  f"iwin-seg convert, or a Hugging Face hub repo (owner/name)")
     if default is None:
         parser.add_argument("--model", required=True, help=model_help)
     else:
@@ -87,91 +89,34 @@ def fast_model(model: torch.nn.Module, fast: bool = True) -> torch.nn.Module:
         raise ValueError(f"{e} (--no-fast runs the plain model)") from e
 
 
-def parse_device(device: str | torch.device | None) -> torch.device:
-    """``torch.device(device)`` (default: the CPU); a ValueError naming a bad device."""
-    try:
-        return torch.device(device if device is not None else "cpu")
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"bad device {device!r}: {e}") from None
-
-
-def _unknown(name: str) -> ValueError:
-    from ..segmenter import SEGMENTERS
-
-    return ValueError(f"unknown model {name!r}: choose one of {', '.join(SEGMENTERS)} or a save_pretrained folder")
-
-
-def _fit_classes(model, num_classes: int | None, source: str):
-    if num_classes is not None and model.num_classes != num_classes:
-        warnings.warn(f"{source} has {model.num_classes} classes and the data {num_classes}: "
-                      f"the classifiers are re-initialised", stacklevel=3)
-        model.reset_classes(num_classes)
-    return model
-
-
-def _from_registry(name: str, start: str, num_classes: int | None, warn: bool, create_kwargs: dict):
-    from ..segmenter import create_segmenter
-
-    if num_classes is not None:
-        create_kwargs["num_classes"] = num_classes
-    if start == "official":
-        create_kwargs.pop("encoder_pretrained", None)
-        return create_segmenter(name, pretrained=True, **create_kwargs)
-    if start == "imagenet":  # encoder_pretrained: True (timm's in1k weights), a path, or False (random backbone)
-        if create_kwargs.get("encoder_pretrained") is None:
-            create_kwargs["encoder_pretrained"] = True
-        return create_segmenter(name, pretrained=False, **create_kwargs)
-    if warn:
-        print(f"iwin-seg: warning: no --weights given, {name} has RANDOM weights "
-              f"(pass --weights with the official checkpoint for a useful model)", file=sys.stderr)
-    create_kwargs.pop("encoder_pretrained", None)
-    return create_segmenter(name, pretrained=False, **create_kwargs)
-
-
 def resolve_model(name: str, weights: str | None = None, *, device: str | torch.device | None = "cpu",
                   start: str = "official", num_classes: int | None = None, warn: bool = True, **create_kwargs):
-    """The segmenter ``name`` (+ ``weights``) on ``device``, in eval mode; the one resolver of every command.
+    """``--model`` and ``--weights`` -> the segmenter on ``device``, in eval mode: the library's one resolver,
+    :func:`iwin_models.resolve.load_segmenter` (see it for what ``name``, ``weights``, ``start``,
+    ``num_classes`` and ``create_kwargs`` accept), called as Python users call it. The commands add one
+    thing: the random-weights warning is an ``iwin-seg: warning:`` line on stderr (``warn``)."""
+    if warn and starts_random(name, weights, start):
+        print(f"iwin-seg: warning: no --weights given, {name} has RANDOM weights "
+              f"(pass --weights with the official checkpoint for a useful model)", file=sys.stderr)
+    return load_segmenter(name, weights, device=device, start=start, num_classes=num_classes, warn=False,
+                          **create_kwargs)
 
-    Args:
-        name: a registered segmenter name (``iwin_tiny_upernet_ade20k``, ...) or a folder written by
-            ``save_pretrained`` (it gives the architecture and the weights).
-        weights: a checkpoint to use instead: an official mmseg ``.pth``, a safetensors file, a URL or a
-            ``save_pretrained`` folder. With a folder ``name``, the folder gives the architecture and
-            ``weights`` the tensors.
-        device: where the model goes (a ValueError names a bad device, before anything is built).
-        start: what a registered name without ``weights`` starts from: ``"official"`` (the authors'
-            ADE20K weights, from the torch.hub cache), ``"random"`` (random weights, with a warning on
-            stderr unless ``warn`` is False) or ``"imagenet"`` (training: the backbone from ImageNet;
-            ``encoder_pretrained`` in ``create_kwargs`` may be a classification checkpoint path, or
-            False for a random backbone without warning).
-        num_classes: classes of the model; other than the weights' count, the classifiers are
-            re-initialised (with a warning).
-        **create_kwargs: more :func:`~iwin_models.segmenter.create_segmenter` arguments for a registered
-            name (``drop_path_rate``, ``aux_head``, ``encoder_pretrained``, ...).
-    """
-    from ..segmenter import SEGMENTERS, IwinUPerNet, create_segmenter, load_segmenter_weights
 
-    if start not in STARTS:
-        raise ValueError(f"unknown start {start!r}: choose one of {', '.join(STARTS)}")
-    device = parse_device(device)
-    if name in SEGMENTERS:
-        if weights is not None and Path(weights).is_dir():
-            model = _fit_classes(IwinUPerNet.from_pretrained(weights), num_classes, str(weights))
-        elif weights is not None:
-            create_kwargs.pop("encoder_pretrained", None)  # the segmenter checkpoint holds the backbone too
-            if num_classes is not None:
-                create_kwargs["num_classes"] = num_classes
-            model = create_segmenter(name, pretrained=True, weights=str(weights), **create_kwargs)
-        else:
-            model = _from_registry(name, start, num_classes, warn, dict(create_kwargs))
-    elif Path(name).is_dir():
-        model = IwinUPerNet.from_pretrained(name)
-        if weights is not None:  # the folder gives the architecture, ``weights`` the tensors
-            load_segmenter_weights(model, str(weights))
-        model = _fit_classes(model, num_classes, name)
-    else:
-        raise _unknown(name)
-    return model.to(device).eval()
+class MissingExtraError(ValueError):
+    """An optional dependency a command needs is not installed (a ValueError: ``main()`` prints it as the
+    command's one-line error, exit status 2)."""
+
+
+def check_dependencies(*checks: Callable[[], None]) -> None:
+    """Run the library's checks of the optional dependencies a command needs (e.g.
+    :func:`iwin_models.export.require_onnx`), before any slow work: a missing one is the command's one-line
+    error with its install hint (``pip install 'iwin-models[onnx]'``), not a traceback after the model
+    was loaded."""
+    for check in checks:
+        try:
+            check()
+        except ImportError as e:
+            raise MissingExtraError(str(e)) from None
 
 
 def build_dataset(*, data_root: str | Path | None = None, split: str = "validation",

@@ -1,6 +1,8 @@
 """``iwin-seg export``: a segmenter as ONNX and/or a ``torch.export`` program (see :mod:`iwin_models.export`).
 
-The model comes from ``--model`` (a registered name or a ``save_pretrained`` folder) and ``--weights``.
+The model comes from ``--model`` and ``--weights`` (anything :func:`iwin_models.resolve.load_segmenter` takes).
+``--onnx`` needs the ``onnx`` extra (``pip install 'iwin-models[onnx]'``): checked first, before the model is
+loaded, and a one-line error with that hint when it is missing.
 Without ``--weights`` a registered name gives a model with *random* weights (a warning says so; useful
 to try the export or measure speed offline), rather than downloading the official checkpoint behind
 the user's back: pass ``--weights`` with the official ``.pth`` (or a converted folder) for a useful model.
@@ -9,13 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_model_arguments, resolve_model
+from .common import add_model_arguments, check_dependencies, resolve_model
 
 
 def add_arguments(parser) -> None:
     add_model_arguments(parser, default=None,
-                        weights_help="official mmseg .pth, safetensors file or save_pretrained folder "
-                                     "(without it a registered name gets random weights, with a warning)")
+                        weights_help="official mmseg .pth (a path, or the file name of a download in "
+                                     "$TORCH_HOME/hub/checkpoints), safetensors file, save_pretrained/convert folder "
+                                     "or hub repo (without it a registered name gets random weights, with a "
+                                     "warning)")
     parser.add_argument("--onnx", metavar="OUT.onnx", help="write an ONNX file")
     parser.add_argument("--program", metavar="OUT.pt2", help="write a torch.export program (torch.export.save)")
     parser.add_argument("--height", type=int, default=512, help="input height (default: %(default)s)")
@@ -29,11 +33,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import torch
 
-    from ..export import export_onnx, export_program
+    from ..export import export_onnx, export_program, require_onnx
     from ..files import write_atomic
 
     if not args.onnx and not args.program:
         raise ValueError("nothing to do: give --onnx OUT.onnx and/or --program OUT.pt2")
+    check_dependencies(*([require_onnx] if args.onnx else []))  # before the model: a missing extra fails at once
     model = resolve_model(args.model, args.weights, start="random")
     size = f"{'Nx3xHxW' if args.dynamic else f'1x3x{args.height}x{args.width}'}"
     if args.onnx:

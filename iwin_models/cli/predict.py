@@ -6,12 +6,20 @@ reason) and skipped; every other image is written, and the command exits with st
 giving the number of failures. Outputs are written to a temporary file in the output folder and
 renamed, so an interrupted run leaves no truncated PNG, and ``--skip-existing`` continues it. Under
 ``torchrun --nproc_per_node N`` the images are split across the processes (``rank::N``).
+
+Where the results go (:func:`output_names`): images from one folder give ``OUT/<stem>_overlay.png`` and
+``OUT/<stem>_labels.png``; images from several folders keep their folders under ``OUT``, relative to the
+folder all of them are in (``a/x.jpg b/x.jpg --out o``: ``o/a/x_*.png``, ``o/b/x_*.png``); two images of
+one folder with the same stem (``x.jpg``, ``x.png``) are named by their whole file name
+(``x.jpg_overlay.png``). No two images ever write the same file: a clash left over is refused, naming
+both, before any work.
 """
 from __future__ import annotations
 
+import os
 import sys
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -63,9 +71,49 @@ def expand_images(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def outputs(out: Path, image: Path) -> tuple[Path, Path]:
-    """The overlay and label PNG written for ``image``."""
-    return out / f"{image.stem}_overlay.png", out / f"{image.stem}_labels.png"
+def unique_images(files: Sequence[Path]) -> list[Path]:
+    """``files`` without repeats (one file named twice, or by a folder and by itself), in order."""
+    seen, out = set(), []
+    for f in files:
+        key = os.path.normcase(os.path.abspath(f))
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
+
+
+def _folders(files: Sequence[Path]) -> list[Path]:
+    """Each file's folder relative to the folder all of them are in (all ``.`` when they share one)."""
+    parents = [Path(os.path.abspath(f)).parent for f in files]
+    if len(set(parents)) <= 1:
+        return [Path()] * len(files)
+    try:
+        common = Path(os.path.commonpath(parents))
+    except ValueError as e:  # different drives: nothing to mirror from
+        raise ValueError(f"cannot mirror the folders of {files[0]} and {files[-1]} under --out ({e}): "
+                         f"run them separately") from None
+    return [p.relative_to(common) for p in parents]
+
+
+def output_names(files: Sequence[Path]) -> dict[Path, Path]:
+    """Each image -> where its results go under ``--out``, without the ``_overlay.png`` / ``_labels.png`` ending
+    (see the module docstring); a ValueError naming both images if two would still write the same file."""
+    folders = _folders(files)
+    stems = Counter((folder, f.stem) for folder, f in zip(folders, files))
+    names, writer = {}, {}
+    for folder, f in zip(folders, files):
+        name = folder / (f.stem if stems[folder, f.stem] == 1 else f.name)
+        other = writer.setdefault(name, f)
+        if other != f:
+            raise ValueError(f"{other} and {f} would both write {name}_overlay.png and {name}_labels.png: "
+                             f"rename one or run them separately")
+        names[f] = name
+    return names
+
+
+def outputs(out: Path, target: Path) -> tuple[Path, Path]:
+    """The overlay and label PNG written for the image whose results go to ``target`` (:func:`output_names`)."""
+    return out / f"{target}_overlay.png", out / f"{target}_labels.png"
 
 
 def save_atomic(picture, path: Path) -> None:
@@ -102,12 +150,14 @@ def decoded(files: Sequence[Path], ahead: int = 2) -> Iterator[tuple[Path, np.nd
             yield (done, *job.result())
 
 
-def write_outputs(out: Path, path: Path, image: np.ndarray, labels: np.ndarray, names, palette) -> None:
+def write_outputs(out: Path, target: Path, image: np.ndarray, labels: np.ndarray, names, palette) -> None:
+    """The overlay and the label PNG of one image, to :func:`outputs` ``(out, target)`` (folders made)."""
     from PIL import Image
 
     from ..inference import overlay
 
-    overlay_path, labels_path = outputs(out, path)
+    overlay_path, labels_path = outputs(out, target)
+    overlay_path.parent.mkdir(parents=True, exist_ok=True)
     save_atomic(overlay(image, labels, names, palette), overlay_path)
     save_atomic(Image.fromarray(labels), labels_path)  # class index per pixel (uint8, or uint16 over 256 classes)
 
@@ -120,9 +170,9 @@ def _check(args) -> None:
 
 
 def segment_files(model, files: Sequence[Path], out: Path, args, progress: bool = True,
-                  report_each: bool = True) -> list[tuple[str, str]]:
-    """Segment ``files`` into ``out``; the (file, reason) of each one that could not be read (reported on
-    stderr as it happens with ``report_each``)."""
+                  report_each: bool = True, targets: Mapping[Path, Path] | None = None) -> list[tuple[str, str]]:
+    """Segment ``files`` into ``out`` (each to its ``targets`` entry, default :func:`output_names`); the (file,
+    reason) of each one that could not be read (reported on stderr as it happens with ``report_each``)."""
     from tqdm import tqdm
 
     from .. import ade20k
@@ -131,6 +181,7 @@ def segment_files(model, files: Sequence[Path], out: Path, args, progress: bool 
     names = model.class_names or [f"class {i}" for i in range(model.num_classes)]
     palette = model.palette or ade20k.PALETTE
     labels_dtype = np.uint8 if model.num_classes <= 256 else np.uint16
+    targets = output_names(files) if targets is None else targets
     failed = []
     bar = tqdm(decoded(files, args.prefetch), total=len(files), desc="segmenting", unit="img", dynamic_ncols=True,
                disable=not progress or len(files) < 2)
@@ -142,9 +193,9 @@ def segment_files(model, files: Sequence[Path], out: Path, args, progress: bool 
             continue
         labels = predict(model, image, aug=args.aug, slide=args.slide, dtype=PRECISIONS[args.precision],
                          scale=tuple(args.scale), labels_dtype=labels_dtype, fast=False)  # fast_model decided
-        write_outputs(out, path, image, labels, names, palette)
+        write_outputs(out, targets[path], image, labels, names, palette)
         del image, labels
-        overlay_path, labels_path = outputs(out, path)
+        overlay_path, labels_path = outputs(out, targets[path])
         tqdm.write(f"{path} -> {overlay_path}, {labels_path}")
     return failed
 
@@ -156,7 +207,8 @@ def run(args) -> int:
     from ..inference import SAMPLE_IMAGE
 
     _check(args)
-    files = expand_images(args.images) if args.images else [SAMPLE_IMAGE]
+    files = unique_images(expand_images(args.images)) if args.images else [SAMPLE_IMAGE]
+    targets = output_names(files)  # every process the same, before any work
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device, started = init_distributed(args.device)
@@ -165,11 +217,11 @@ def run(args) -> int:
         model = fast_model(resolve_model(args.model, args.weights, device=device), args.fast)
         mine = files[rank::world_size]
         if args.skip_existing:
-            mine = [f for f in mine if not all(p.is_file() for p in outputs(out, f))]
+            mine = [f for f in mine if not all(p.is_file() for p in outputs(out, targets[f]))]
         error = None
         try:
             failed = segment_files(model, mine, out, args, progress=not args.no_progress and rank == 0,
-                                   report_each=len(files) > 1)  # one file: its one line at the end
+                                   report_each=len(files) > 1, targets=targets)  # one file: its one line at the end
         except Exception as e:  # the other processes must not wait for this one at the gather
             error, failed = e, []
         if world_size > 1 and any_process(error is not None) and error is None:
