@@ -163,10 +163,7 @@ def image_processor(protocol: EvalProtocol = ADE20K_PROTOCOL):
 # --- the model card -------------------------------------------------------------------------------------------
 
 def _imports(backbone: str) -> str:
-    line = "import iwin_models  # noqa: F401  (registers the Iwin backbones with timm: transformers builds it by name)"
-    if backbone in BACKBONES:
-        line += f"\nimport iwin_models.transformers_port  # noqa: F401  (registers the timm name {backbone})"
-    return line
+    return "import iwin_models  # noqa: F401  (registers the Iwin backbones with timm: transformers builds it by name)"
 
 
 def _usage(backbone: str) -> str:
