@@ -77,7 +77,7 @@ README_OPTIONS = {
     "train": ["--model", "--weights", "--pretrained", "--no-pretrained-backbone", "--data-root", "--work-dir",
               "--resume", "--iters", "--batch-size", "--precision", "--grad-checkpointing", "--no-fast"],
     "flops": ["--model", "--shape"],
-    "convert": ["checkpoint", "--model", "--out"],
+    "convert": ["checkpoint", "--model", "--out", "--format"],
     "export": ["--model", "--weights", "--onnx", "--program", "--height", "--width", "--opset", "--dynamic"],
 }
 
