@@ -4,8 +4,10 @@
 """
 __version__ = "0.1.0"
 
-from . import iwin  # noqa: F401  (registers the timm models)
-from . import transformers_port  # noqa: F401  (registers iwin_small_ade20k with timm; imports no transformers)
+from . import (
+    iwin,  # noqa: F401  (registers the timm models)
+    transformers_port,  # noqa: F401  (registers iwin_small_ade20k with timm; imports no transformers)
+)
 from .checkpoint import CheckpointError
 from .inference import segment
 from .iwin import IwinTransformer
