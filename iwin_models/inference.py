@@ -32,7 +32,6 @@ import torch.nn.functional as F
 
 from . import bands, optimize
 from .images import load_image, read_image_file  # noqa: F401  (re-exported: their old home)
-from .layers.config import use_fast_path
 from .layers.twin import CpuTwin
 from .visualize import colorize, overlay  # noqa: F401  (re-exported: their old home)
 from .weights import ADE20K_PROTOCOL, EvalProtocol
@@ -93,9 +92,8 @@ def inference_model(model, fast: bool | None = None):
     is given as it is. Callers that segment many images (``evaluate``) make it once and pass ``fast=False``.
     """
     model.eval()
-    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
     converted = any(isinstance(m, CpuTwin) for m in model.modules())
-    if fast is False or converted or (fast is None and not (on_cpu and use_fast_path())):
+    if fast is False or converted or (fast is None and not optimize.wants_cpu_twins(model)):
         return model
     try:
         return optimize.optimize_for_cpu(model, inplace=False)

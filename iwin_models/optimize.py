@@ -22,13 +22,13 @@ from collections.abc import Iterable, Iterator
 import torch.nn as nn
 
 from .iwin import IwinBlock, PatchEmbed
-from .layers.config import FAST_PATHS, enabled_fast_paths
+from .layers.config import FAST_PATHS, enabled_fast_paths, use_fast_path
 from .layers.iwin_cpu import CpuIwinBlock, CpuPatchEmbed
 from .layers.twin import CpuTwin
 from .layers.upernet_cpu import CpuUPerNetDecoder
 from .segmenter import IwinUPerNetDecoder
 
-__all__ = ["optimize_for_cpu", "restore_plain", "CPU_TWINS"]
+__all__ = ["optimize_for_cpu", "restore_plain", "wants_cpu_twins", "CPU_TWINS"]
 
 # plain class -> (its twin, the fast paths of which one must be on for the twin to be installed)
 CPU_TWINS: dict[type, tuple[type[CpuTwin], frozenset[str]]] = {
@@ -122,6 +122,12 @@ def _convert(model: nn.Module, paths: frozenset[str]) -> nn.Module:
         new = twin_class.from_plain(plain, paths & (needs | {"onednn_linear"})) if paths & needs else plain
         model = _replace(model, parent, attr, new)
     return model
+
+
+def wants_cpu_twins(model: nn.Module) -> bool:
+    """The default of ``segment()`` and the commands: convert when the fast paths are on (not
+    ``IWIN_FAST_PATH=0``) and the model is on the CPU."""
+    return use_fast_path() and _devices(model) <= {"cpu"}
 
 
 def restore_plain(model: nn.Module, *, inplace: bool = True) -> nn.Module:

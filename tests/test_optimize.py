@@ -168,3 +168,13 @@ def test_torch_compile_of_a_converted_segmenter_runs_its_twins_eagerly():
     torch.compiler.reset()
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(converted, backend="eager")(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_wants_cpu_twins_is_the_one_default_of_segment_and_the_commands():
+    from iwin_models.optimize import wants_cpu_twins
+
+    model = timm.create_model("iwin_tiny", **MINI)
+    assert wants_cpu_twins(model)
+    with fast_paths(False):  # IWIN_FAST_PATH=0
+        assert not wants_cpu_twins(model)
+    assert not wants_cpu_twins(model.to("meta"))  # not on the CPU: the plain model runs there

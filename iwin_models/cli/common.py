@@ -77,11 +77,10 @@ def fast_model(model: torch.nn.Module, fast: bool = True) -> torch.nn.Module:
     too) unless ``fast`` is False (``--no-fast``) or ``IWIN_FAST_PATH=0``; on other devices the plain
     model. Call it once the model is on its device; the commands then tell ``segment()`` and
     ``predict()`` not to convert again (``fast=False``)."""
-    from ..layers.config import use_fast_path
+    from ..optimize import optimize_for_cpu, wants_cpu_twins
 
-    if not (fast and use_fast_path()) or next(model.parameters()).device.type != "cpu":
+    if not (fast and wants_cpu_twins(model)):
         return model
-    from ..optimize import optimize_for_cpu
 
     try:
         return optimize_for_cpu(model)
