@@ -5,20 +5,30 @@ ignore index) are summed over the whole data set; then ``IoU = I / U`` and ``Acc
 per class, ``mIoU`` and ``mAcc`` their means over the classes where they are defined (NaN skipped),
 and ``aAcc = sum(I) / sum(label area)``. The sums are integers, so the figures are the same whether
 one process or many (``torchrun``, each taking every N-th image) computed them.
+
+The four sums are read off the confusion matrix (rows: label, columns: prediction; ignored pixels left
+out), which the metric keeps too: :mod:`iwin_models.report` draws its most confused classes. With
+``report_worst=N``, :func:`evaluate` also keeps the N images of lowest pixel accuracy (:class:`WorstImage`,
+their predictions as PNG bytes), gathered over the processes.
 """
 from __future__ import annotations
 
+import heapq
+import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from . import ade20k
-from .distributed import any_process, world
+from .distributed import any_process, gather, world
 
-__all__ = ["IoUMetric", "evaluate", "format_results", "summary_line", "json_ready"]
+__all__ = ["IoUMetric", "WorstImage", "evaluate", "format_results", "summary_line", "json_ready", "percent",
+           "merge_worst"]
 
 
 def _as_long(x, what: str) -> torch.Tensor:
@@ -38,7 +48,9 @@ class IoUMetric:
     pixels whose target is ``ignore_index`` are left out. ``compute()`` gives the figures (see the
     module docstring) as a dict: ``aAcc``, ``mIoU``, ``mAcc`` (floats in [0, 1]), ``IoU``, ``Acc``
     (float64 arrays, NaN for classes where they are undefined), the four sums ``area_intersect``,
-    ``area_union``, ``area_pred``, ``area_label`` (int64 arrays) and ``num_images`` (update calls).
+    ``area_union``, ``area_pred``, ``area_label`` (int64 arrays), ``confusion`` (int64 (C, C): pixels of
+    label ``i`` predicted ``j``; its diagonal, row and column sums are the intersection, label and predicted
+    areas) and ``num_images`` (update calls). ``update`` returns the image's (correct, labelled) pixel counts.
     ``compute(sync=True)`` first sums the accumulators over all processes when ``torch.distributed``
     is initialised (every process must call it); :meth:`reduce` gives a new metric holding those
     sums. The metric itself is never changed by them.
@@ -54,6 +66,7 @@ class IoUMetric:
     def reset(self) -> None:
         zeros = lambda: torch.zeros(self.num_classes, dtype=torch.int64)
         self.area_intersect, self.area_union, self.area_pred, self.area_label = zeros(), zeros(), zeros(), zeros()
+        self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
         self.num_samples = 0  # update() calls (images)
 
     def __repr__(self) -> str:
@@ -61,7 +74,7 @@ class IoUMetric:
                f"pixels={int(self.area_label.sum())})"
 
     @torch.no_grad()
-    def update(self, pred, target) -> None:
+    def update(self, pred, target) -> tuple[int, int]:
         pred, target = _as_long(pred, "pred"), _as_long(target, "target")
         if pred.numel() != target.numel():
             raise ValueError(f"pred and target differ in size: {pred.numel()} vs {target.numel()} pixels")
@@ -75,18 +88,20 @@ class IoUMetric:
         if pred.numel() and (pred.min() < 0 or pred.max() >= n):
             bad = torch.unique(pred[(pred < 0) | (pred >= n)])[:8].tolist()
             raise ValueError(f"pred has values outside 0..{n - 1}: {bad}")
-        area_pred = torch.bincount(pred, minlength=n)
-        area_label = torch.bincount(target, minlength=n)
-        area_intersect = torch.bincount(target[pred == target], minlength=n)
+        # one pass over the pixels: every sum is a reduction of this image's confusion matrix
+        confusion = torch.bincount(target * n + pred, minlength=n * n).view(n, n)
+        area_pred, area_label, area_intersect = confusion.sum(0), confusion.sum(1), confusion.diagonal()
+        self.confusion += confusion
         self.area_intersect += area_intersect
         self.area_union += area_pred + area_label - area_intersect
         self.area_pred += area_pred
         self.area_label += area_label
         self.num_samples += 1
+        return int(area_intersect.sum()), int(target.numel())
 
     def _flat(self) -> torch.Tensor:
         return torch.cat([self.area_intersect, self.area_union, self.area_pred, self.area_label,
-                          torch.tensor([self.num_samples], dtype=torch.int64)])
+                          self.confusion.reshape(-1), torch.tensor([self.num_samples], dtype=torch.int64)])
 
     def reduce(self) -> IoUMetric:
         """A new metric with the accumulators summed over all processes (a copy without distributed)."""
@@ -102,6 +117,7 @@ class IoUMetric:
         n = self.num_classes
         out.area_intersect, out.area_union, out.area_pred, out.area_label = (
             totals[i * n:(i + 1) * n].clone() for i in range(4))
+        out.confusion = totals[4 * n:4 * n + n * n].clone().view(n, n)  # one all-reduce carries everything
         out.num_samples = int(totals[-1])
         return out
 
@@ -118,13 +134,88 @@ class IoUMetric:
             aAcc=float(inter.sum() / total) if total else math.nan,
             mIoU=_nanmean(iou), mAcc=_nanmean(acc), IoU=iou, Acc=acc,
             area_intersect=inter, area_union=union, area_pred=m.area_pred.numpy().copy(), area_label=label,
-            num_images=m.num_samples,
+            confusion=m.confusion.numpy().copy(), num_images=m.num_samples,
         )
 
 
 def _nanmean(values: np.ndarray) -> float:
     valid = values[~np.isnan(values)]
     return float(valid.mean()) if valid.size else math.nan
+
+
+@dataclass(frozen=True)
+class WorstImage:
+    """One of the images of lowest pixel accuracy that ``evaluate(report_worst=N)`` keeps.
+
+    ``index`` in the data set, ``name`` (its image file's name, None when the data set has no files),
+    ``accuracy`` (correct / labelled pixels), ``labelled`` (pixels not ignored) and ``prediction``: the
+    predicted class map as PNG bytes (8-bit up to 256 classes, else 16-bit), small to keep and to gather;
+    :meth:`prediction_map` decodes it.
+    """
+
+    index: int
+    name: str | None
+    accuracy: float
+    labelled: int
+    prediction: bytes
+
+    def prediction_map(self) -> np.ndarray:
+        """The predicted class map, int64 (H, W)."""
+        from PIL import Image
+
+        with Image.open(io.BytesIO(self.prediction)) as img:
+            return np.asarray(img).astype(np.int64)
+
+
+def _png_bytes(classes: np.ndarray, num_classes: int) -> bytes:
+    from PIL import Image
+
+    dtype = np.uint8 if num_classes <= 256 else np.uint16
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(classes).astype(dtype)).save(buf, format="PNG", compress_level=1)  # speed over size
+    return buf.getvalue()
+
+
+def _sample_name(dataset, index: int) -> str | None:
+    files = getattr(dataset, "files", None)  # our data sets: (image path, label path) pairs
+    try:
+        return Path(files[index][0]).name if files is not None else None
+    except (IndexError, TypeError, KeyError):
+        return None
+
+
+class _WorstImages:
+    """The ``n`` images of lowest pixel accuracy seen so far, ties to the lower index (so one process and many
+    pick the same). A heap whose top is the best of those kept: a map is encoded only when it enters, and at
+    most ``n`` are held, besides the one being offered."""
+
+    def __init__(self, n: int, num_classes: int):
+        self.n, self.num_classes, self.heap = int(n), num_classes, []
+
+    def offer(self, dataset, index: int, correct: int, labelled: int, pred: np.ndarray) -> None:
+        if self.n <= 0 or labelled == 0:  # an image with no labelled pixel has no accuracy to rank
+            return
+        accuracy = correct / labelled
+        key = (-accuracy, -index)  # the heap's top is the largest (accuracy, index) kept
+        if len(self.heap) == self.n and key <= self.heap[0][0]:
+            return
+        entry = WorstImage(index, _sample_name(dataset, index), accuracy, labelled,
+                           _png_bytes(pred, self.num_classes))
+        if len(self.heap) == self.n:
+            heapq.heapreplace(self.heap, (key, entry))
+        else:
+            heapq.heappush(self.heap, (key, entry))
+
+    def gathered(self) -> list[WorstImage]:
+        """The ``n`` worst of every process, lowest accuracy first (every process must call it)."""
+        if self.n <= 0:
+            return []
+        return merge_worst(gather([entry for _, entry in self.heap]), self.n)
+
+
+def merge_worst(lists: Sequence[Sequence[WorstImage]], n: int) -> list[WorstImage]:
+    """The ``n`` images of lowest accuracy in ``lists`` (e.g. one list a process), lowest first, ties by index."""
+    return sorted((w for part in lists for w in part), key=lambda w: (w.accuracy, w.index))[:n]
 
 
 def _raw_sample(dataset, index: int):

@@ -9,13 +9,13 @@ has to be fixed at export); ``height`` and ``width`` then only size the example 
 """
 from __future__ import annotations
 
-import importlib
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from .extras import install_hint, require
 from .files import write_atomic
 from .layers.config import dynamic_tracing
 
@@ -93,21 +93,13 @@ def export_program(model: nn.Module, height: int = 512, width: int = 512,
     return program
 
 
-ONNX_EXTRA = "pip install 'iwin-models[onnx]'"  # the extra that brings what export_onnx needs
+ONNX_EXTRA = install_hint("onnx")  # the extra that brings what export_onnx needs
 
 
 def require_onnx() -> None:
     """Raise an ImportError (one line: what is missing, and :data:`ONNX_EXTRA`) unless ``onnx`` and ``onnxscript``
-    import. Call it before any slow work (``iwin-seg export --onnx`` does, before loading the model)."""
-    missing = []
-    for module in ("onnx", "onnxscript"):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            missing.append(module)
-    if missing:
-        raise ImportError(f"ONNX export needs onnx and onnxscript ({' and '.join(missing)} not installed): "
-                          f"{ONNX_EXTRA}")
+    are installed. Call it before any slow work (``iwin-seg export --onnx`` does, before loading the model)."""
+    require("onnx", "onnx", "onnxscript", purpose="ONNX export")
 
 
 def export_onnx(model: nn.Module, path: str | Path, height: int = 512, width: int = 512, opset: int = 18,

@@ -22,7 +22,6 @@ transformers is the optional extra ``iwin-models[transformers]``, imported insid
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from timm.models import register_model
 
 from . import __version__
 from .convert import convert_mmseg_upernet
+from .extras import install_hint, require
 from .files import write_atomic
 from .weights import ADE20K_PROTOCOL, EvalProtocol, SegmenterWeights, registered
 
@@ -46,7 +46,7 @@ __all__ = ["INSTALL_HINT", "BACKBONES", "require_transformers", "backbone_name",
            "upernet_config", "image_processor", "model_card", "save_transformers", "relative_error",
            "iwin_small_ade20k"]
 
-INSTALL_HINT = "pip install 'iwin-models[transformers]'"
+INSTALL_HINT = install_hint("transformers")
 HF_BACKBONE = "backbone._backbone."  # transformers' TimmBackbone keeps the timm features model as ``_backbone``
 OUT_INDICES = (0, 1, 2, 3)
 VERIFY_SIZE = (75, 101)  # the random input the converter checks the written folder on (odd, > window at stride 4)
@@ -55,8 +55,7 @@ VERIFY_TOLERANCE = 1e-4  # max |diff| / max |logit| (float32 runs differ by ~1e-
 
 def require_transformers() -> None:
     """Raise a one-line ImportError with the install hint when transformers is missing (no import: fast)."""
-    if importlib.util.find_spec("transformers") is None:
-        raise ImportError(f"the transformers format needs Hugging Face transformers: {INSTALL_HINT}")
+    require("transformers", purpose="the transformers format")
 
 
 # --- timm names of the segmentation backbones ------------------------------------------------------------------

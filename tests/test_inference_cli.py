@@ -211,3 +211,22 @@ def test_atomic_outputs_get_the_mode_open_would_give(tmp_path):
     save_checkpoint({"step": 1}, tmp_path / "last.pth")
     for name in ("labels.png", "last.pth"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_names_differing_only_in_case_do_not_share_an_output():
+    from iwin_models.cli.predict import output_names
+
+    d = Path("/photos")
+    names = output_names([d / "X.jpg", d / "x.png"])  # one file, X_overlay.png, on macOS and Windows
+    assert names == {d / "X.jpg": Path("X.jpg"), d / "x.png": Path("x.png")}
+    with pytest.raises(ValueError, match="X.jpg and /photos/x.jpg would both write"):
+        output_names([d / "X.jpg", d / "x.jpg"])
+
+
+def test_a_model_that_does_not_load_leaves_no_output_folder(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert cli(["predict", "--weights", str(tmp_path / "missing.pth"), "--out", str(out)]) == 2
+    assert "missing.pth" in capsys.readouterr().err and not out.exists()
+    (tmp_path / "file").write_text("")
+    assert cli(["predict", "--out", str(tmp_path / "file")]) == 2
+    assert "--out " + str(tmp_path / "file") + " is a file" in capsys.readouterr().err

@@ -11,8 +11,8 @@ Where the results go (:func:`output_names`): images from one folder give ``OUT/<
 ``OUT/<stem>_labels.png``; images from several folders keep their folders under ``OUT``, relative to the
 folder all of them are in (``a/x.jpg b/x.jpg --out o``: ``o/a/x_*.png``, ``o/b/x_*.png``); two images of
 one folder with the same stem (``x.jpg``, ``x.png``) are named by their whole file name
-(``x.jpg_overlay.png``). No two images ever write the same file: a clash left over is refused, naming
-both, before any work.
+(``x.jpg_overlay.png``). No two images ever write the same file, names compared without case (as macOS and
+Windows do): a clash left over is refused, naming both, before any work.
 """
 from __future__ import annotations
 
@@ -99,11 +99,12 @@ def output_names(files: Sequence[Path]) -> dict[Path, Path]:
     """Each image -> where its results go under ``--out``, without the ``_overlay.png`` / ``_labels.png`` ending
     (see the module docstring); a ValueError naming both images if two would still write the same file."""
     folders = _folders(files)
-    stems = Counter((folder, f.stem) for folder, f in zip(folders, files))
+    # compared without case: X.jpg and x.jpg would write one file on macOS and Windows (and on their shares)
+    stems = Counter((folder, f.stem.casefold()) for folder, f in zip(folders, files))
     names, writer = {}, {}
     for folder, f in zip(folders, files):
-        name = folder / (f.stem if stems[folder, f.stem] == 1 else f.name)
-        other = writer.setdefault(name, f)
+        name = folder / (f.stem if stems[folder, f.stem.casefold()] == 1 else f.name)
+        other = writer.setdefault(str(name).casefold(), f)
         if other != f:
             raise ValueError(f"{other} and {f} would both write {name}_overlay.png and {name}_labels.png: "
                              f"rename one or run them separately")
@@ -209,8 +210,9 @@ def run(args) -> int:
     _check(args)
     files = unique_images(expand_images(args.images)) if args.images else [SAMPLE_IMAGE]
     targets = output_names(files)  # every process the same, before any work
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)  # made with the first result: a run that fails to start leaves no empty folder
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a folder")
     device, started = init_distributed(args.device)
     try:
         rank, world_size = world()
