@@ -232,7 +232,7 @@ def _raw_sample(dataset, index: int):
 def evaluate(model, dataset, *, aug: bool = False, slide: bool = False, dtype: torch.dtype | None = None,
              device: str | torch.device | None = None, progress: bool = True,
              scale: Sequence[int] | None = None, limit: int | None = None,
-             num_classes: int | None = None, fast: bool | None = None) -> dict:
+             num_classes: int | None = None, fast: bool | None = None, report_worst: int = 0) -> dict:
     """mIoU of ``model`` on ``dataset`` with the ADE20K test protocol (:func:`iwin_models.inference.segment`).
 
     Args:
@@ -248,13 +248,14 @@ def evaluate(model, dataset, *, aug: bool = False, slide: bool = False, dtype: t
         progress: tqdm bar (on rank 0 only).
         limit: evaluate the first ``limit`` samples only.
         num_classes: classes of the metric (default: the data set's ``num_classes``, else the model's).
+        report_worst: keep the N images of lowest pixel accuracy (``result["worst"]``, :class:`WorstImage`,
+            lowest first; images without a labelled pixel are not ranked) for :mod:`iwin_models.report`.
 
-    When ``torch.distributed`` is initialised, each process segments samples ``rank::world_size`` and
-    every process returns the figures of the whole set (see :meth:`IoUMetric.compute`).
+    Returns :meth:`IoUMetric.compute`'s dict (``confusion`` included) and ``worst`` (empty without
+    ``report_worst``). When ``torch.distributed`` is initialised, each process segments samples
+    ``rank::world_size`` and every process returns the figures and the worst images of the whole set.
     """
-    from tqdm import tqdm
-
-    from .inference import inference_model, segment
+    from .inference import inference_model
 
     if device is not None:
         model.to(device)
@@ -264,31 +265,48 @@ def evaluate(model, dataset, *, aug: bool = False, slide: bool = False, dtype: t
     model_classes = getattr(model, "num_classes", None)
     if model_classes is not None and model_classes != n:
         raise ValueError(f"the model predicts {model_classes} classes but the data set has {n}")
-    rank, world_size = world()
+    if report_worst < 0:
+        raise ValueError(f"report_worst must be 0 or more, got {report_worst}")
     total = len(dataset) if limit is None else min(int(limit), len(dataset))
     metric = IoUMetric(n, getattr(dataset, "ignore_index", ade20k.IGNORE_INDEX))
+    worst = _WorstImages(report_worst, n)
     was_training = model.training
-    runner = inference_model(model, fast)  # converted once, not per image
     error = None
     try:
-        indices = range(rank, total, world_size)
-        bar = tqdm(indices, desc="eval" if world_size == 1 else f"eval (rank 0 of {world_size})", unit="img",
-                   disable=not progress or rank != 0, dynamic_ncols=True)
-        for i in bar:
-            image, label = _raw_sample(dataset, i)
-            pred = segment(runner, image, aug=aug, slide=slide, dtype=dtype, scale=scale, fast=False)
-            metric.update(pred, label)
+        runner = inference_model(model, fast)  # converted once, not per image
+        _segment_all(runner, dataset, total, metric, worst, progress,
+                     dict(aug=aug, slide=slide, dtype=dtype, scale=scale, fast=False))
     except Exception as e:  # the other processes must not wait for this one in the all-reduce
         error = e
     finally:
         model.train(was_training)
-    if world_size > 1:
+    if world()[1] > 1:
         failed = any_process(error is not None)
         if failed and error is None:
             raise RuntimeError("evaluation failed in another process (see its message)")
     if error is not None:
         raise error
-    return metric.compute(sync=True)
+    result = metric.compute(sync=True)
+    result["worst"] = worst.gathered()
+    return result
+
+
+def _segment_all(runner, dataset, total: int, metric: IoUMetric, worst: _WorstImages, progress: bool,
+                 options: dict) -> None:
+    """Segment this process's share of the first ``total`` samples into ``metric`` and ``worst``."""
+    from tqdm import tqdm
+
+    from .inference import segment
+
+    rank, world_size = world()
+    bar = tqdm(range(rank, total, world_size), desc="eval" if world_size == 1 else f"eval (rank 0 of {world_size})",
+               unit="img", disable=not progress or rank != 0, dynamic_ncols=True)
+    for i in bar:
+        image, label = _raw_sample(dataset, i)
+        pred = segment(runner, image, **options)
+        correct, labelled = metric.update(pred, label)
+        worst.offer(dataset, i, correct, labelled, pred)
+        del image, label, pred  # the next image's arrays are not held alongside these
 
 
 def format_results(result: dict, class_names: Sequence[str] | None = None) -> str:
@@ -296,11 +314,16 @@ def format_results(result: dict, class_names: Sequence[str] | None = None) -> st
     iou, acc = result["IoU"], result["Acc"]
     names = list(class_names) if class_names is not None else [f"class {i}" for i in range(len(iou))]
     width = max([len("Class")] + [len(s.strip()) for s in names])
-    pct = lambda v: "   nan" if math.isnan(v) else f"{100 * v:6.2f}"
+    pct = lambda v: f"{percent(v):>6}"
     lines = [f"| {'Class':<{width}} |    IoU |    Acc |", f"|{'-' * (width + 2)}|--------|--------|"]
     lines += [f"| {name.strip():<{width}} | {pct(i)} | {pct(a)} |" for name, i, a in zip(names, iou, acc)]
     lines.append(summary_line(result))
     return "\n".join(lines)
+
+
+def percent(value: float) -> str:
+    """A figure as the table writes it: ``12.34`` (percent, two decimals) or ``nan``."""
+    return "nan" if math.isnan(value) else f"{100 * value:.2f}"
 
 
 def summary_line(result: dict) -> str:
@@ -309,10 +332,13 @@ def summary_line(result: dict) -> str:
 
 
 def json_ready(result: dict) -> dict:
-    """``result`` with arrays as lists and NaN as None, for ``json.dumps``."""
+    """``result`` with arrays as lists (``confusion``: a list of rows), NaN as None and the ``worst`` images as
+    ``{index, name, accuracy, labelled}``, for ``json.dumps``."""
     out = {}
     for k, v in result.items():
-        if isinstance(v, np.ndarray):
+        if k == "worst":  # the images without their prediction maps
+            v = [dict(index=w.index, name=w.name, accuracy=w.accuracy, labelled=w.labelled) for w in v]
+        elif isinstance(v, np.ndarray):
             v = [None if isinstance(x, float) and math.isnan(x) else x for x in v.tolist()]
         elif isinstance(v, float) and math.isnan(v):
             v = None

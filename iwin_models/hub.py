@@ -14,37 +14,17 @@ Upload the folder with ``huggingface-cli upload <org>/<repo> <folder>``.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from huggingface_hub import ModelCardData
 
 from .files import write_atomic
+from .segmenter import CARD_RUN_HERE
 from .weights import AUTHORS_TERMS, WeightsTerms
 
 __all__ = ["FORMATS", "convert_segmenter", "convert_backbone"]
 
 FORMATS = ("smp", "transformers")  # what a segmenter converts to (a backbone: timm)
-
-_RUN_HERE = ('Run the code in this folder, or replace `"."` by the folder\'s path or, once uploaded '
-             '(`huggingface-cli upload <org>/<repo> .`), by the repository id.')
-# the loading snippet of smp's card template, which lacks ``import iwin_models`` (smp.from_pretrained then fails:
-# "module 'segmentation_models_pytorch' has no attribute 'IwinUPerNet'")
-_SMP_LOAD = re.compile(
-    r"```python\nimport segmentation_models_pytorch as smp\n\nmodel = smp\.from_pretrained\([^)]*\)\n```")
-_SMP_USAGE = f"""{_RUN_HERE}
-
-```python
-import segmentation_models_pytorch as smp
-
-import iwin_models  # noqa: F401  (puts IwinUPerNet in smp's namespace, where smp.from_pretrained looks it up)
-from iwin_models.inference import SAMPLE_IMAGE
-
-model = smp.from_pretrained(".").eval()  # from the hub: smp.from_pretrained("<org>/<repo>")
-labels = iwin_models.segment(model, SAMPLE_IMAGE)  # (H, W) class indices, the authors' test protocol
-print(labels.shape, [model.class_names[i] for i in sorted(set(labels.flat))[:5]])
-```"""
-
 
 def convert_segmenter(source: str | os.PathLike | dict, name: str, out_dir: str | Path, format: str = "smp") -> Path:
     """Official ADE20K checkpoint (path, URL or loaded) of segmenter ``name`` -> a ``save_pretrained`` folder
@@ -62,16 +42,7 @@ def convert_segmenter(source: str | os.PathLike | dict, name: str, out_dir: str 
     if format == "transformers":
         return save_transformers(model.eval(), out_dir, segmenter=name, source=None if loaded else str(source))
     model.save_pretrained(str(out_dir), model_card_kwargs=model_card_kwargs(name))  # the registry's card
-    _fix_smp_card(Path(out_dir) / "README.md")
     return Path(out_dir)
-
-
-def _fix_smp_card(path: Path) -> None:
-    """Replace the loading snippet of smp's card by one that runs (with ``import iwin_models``)."""
-    card, count = _SMP_LOAD.subn(lambda _: _SMP_USAGE, path.read_text(), count=1)
-    if not count:  # smp changed its template: keep it, and add ours
-        card += f"\n## Usage\n\n{_SMP_USAGE}\n"
-    write_atomic(path, lambda tmp: Path(tmp).write_text(card))
 
 
 def convert_backbone(source: str, arch: str, out_dir: str | Path) -> Path:
@@ -104,7 +75,7 @@ Paper: [arXiv 2507.18405](https://arxiv.org/abs/2507.18405); authors' code:
 
 ## Usage
 
-{_RUN_HERE}
+{CARD_RUN_HERE}
 
 ```python
 import timm

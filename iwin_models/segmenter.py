@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from collections.abc import Sequence
 
@@ -61,6 +62,26 @@ __all__ = [
     "SEGMENTERS", "SegmenterWeights", "EvalProtocol", "WeightsTerms", "segmenter_table", "model_card_kwargs",
     "iwin_tiny_upernet_ade20k", "iwin_small_upernet_ade20k", "iwin_base_upernet_ade20k",
 ]
+
+CARD_RUN_HERE = ('Run the code in this folder, or replace `"."` by the folder\'s path or, once uploaded '
+                 '(`huggingface-cli upload <org>/<repo> .`), by the repository id.')
+# the loading snippet of smp's card template, which lacks ``import iwin_models`` (smp.from_pretrained then fails:
+# "module 'segmentation_models_pytorch' has no attribute 'IwinUPerNet'")
+_SMP_CARD_LOAD = re.compile(
+    r"```python\nimport segmentation_models_pytorch as smp\n\nmodel = smp\.from_pretrained\([^)]*\)\n```")
+_SMP_CARD_USAGE = f"""{CARD_RUN_HERE}
+
+```python
+import segmentation_models_pytorch as smp
+
+import iwin_models  # noqa: F401  (puts IwinUPerNet in smp's namespace, where smp.from_pretrained looks it up)
+from iwin_models.inference import SAMPLE_IMAGE
+
+model = smp.from_pretrained(".").eval()  # from the hub: smp.from_pretrained("<org>/<repo>")
+labels = iwin_models.segment(model, SAMPLE_IMAGE)  # (H, W) class indices, the authors' test protocol
+names = model.class_names or [f"class {{i}}" for i in range(model.num_classes)]
+print(labels.shape, [names[i] for i in sorted(set(labels.flat))[:5]])
+```"""
 
 
 # --- BatchNorm helpers ---------------------------------------------------------------------------
@@ -351,19 +372,27 @@ class IwinUPerNet(SegmentationModel):
             config.update(class_names=self.class_names, palette=self.palette)
 
     def generate_model_card(self, *args, segmenter: str | None = None, **kwargs):
-        """smp's model card (``save_pretrained`` writes it as ``README.md``). With
-        ``segmenter=<registered name>`` (``model_card_kwargs=model_card_kwargs(name)``) it also
-        describes those weights from :data:`SEGMENTERS`: figures, source, test protocol and the
-        terms the authors set for them."""
+        """smp's model card (``save_pretrained`` writes it as ``README.md``), with a loading snippet that runs
+        (smp's lacks ``import iwin_models``). With ``segmenter=<registered name>``
+        (``model_card_kwargs=model_card_kwargs(name)``) it also describes those weights from
+        :data:`SEGMENTERS`: figures, source, test protocol and the terms the authors set for them."""
         if segmenter is None:
-            return super().generate_model_card(*args, **kwargs)
+            return _runnable_usage(super().generate_model_card(*args, **kwargs))
         weights = registered(segmenter)
-        card = super().generate_model_card(*args, **{**weights.card_metrics(), **kwargs})
+        card = _runnable_usage(super().generate_model_card(*args, **{**weights.card_metrics(), **kwargs}))
         card.data.license = weights.terms.hub_license
         card.data.license_name = weights.terms.hub_license_name
         card.data.license_link = weights.terms.url
         card.text += weights.card_section()
         return card
+
+
+def _runnable_usage(card):
+    """``card`` with smp's loading snippet replaced by one that runs (added when smp changed its template)."""
+    card.text, count = _SMP_CARD_LOAD.subn(lambda _: _SMP_CARD_USAGE, card.text, count=1)
+    if not count:
+        card.text += f"\n## Usage\n\n{_SMP_CARD_USAGE}\n"
+    return card
 
 
 def register_with_smp() -> None:

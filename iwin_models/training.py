@@ -47,6 +47,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -56,12 +57,13 @@ import torch.nn.functional as F
 from .ade20k import IGNORE_INDEX
 from .distributed import gather, init_distributed, local_device, world
 from .files import write_atomic
+from .runlog import RunLog
 from .weights import ADE20K_PROTOCOL
 
 __all__ = [
     "param_groups", "build_optimizer", "lr_factor", "build_scheduler", "InfiniteSampler", "SeededDataset",
-    "save_checkpoint", "load_checkpoint", "segmentation_loss", "train_step", "seed_everything",
-    "set_determinism", "setup", "TrainConfig", "Trainer", "train", "PRECISIONS", "CHECKPOINT_FORMAT",
+    "save_checkpoint", "load_checkpoint", "segmentation_loss", "segmentation_losses", "train_step", "seed_everything",
+    "set_determinism", "setup", "TrainConfig", "Trainer", "StepResult", "train", "PRECISIONS", "CHECKPOINT_FORMAT",
 ]
 
 CHECKPOINT_FORMAT = "iwin-seg-train/1"
@@ -295,27 +297,40 @@ def _set_rng_state(state: dict) -> None:
 
 # --- one step -------------------------------------------------------------------------------------
 
+def segmentation_losses(logits: torch.Tensor, aux_logits: torch.Tensor | None, labels: torch.Tensor,
+                        aux_weight: float = 0.4, ignore_index: int = IGNORE_INDEX
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The two terms of :func:`segmentation_loss`: CE(logits), and ``aux_weight`` CE(aux logits) (weighted, as
+    mmseg's ``aux.loss_ce``; None with ``aux_weight`` 0), in float32, pixels labelled ``ignore_index`` left out."""
+    decode = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
+    if not aux_weight:
+        return decode, None
+    return decode, aux_weight * F.cross_entropy(aux_logits.float(), labels, ignore_index=ignore_index)
+
+
 def segmentation_loss(logits: torch.Tensor, aux_logits: torch.Tensor | None, labels: torch.Tensor,
                       aux_weight: float = 0.4, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """CE(logits) + ``aux_weight`` CE(aux logits), in float32, pixels labelled ``ignore_index`` left out."""
-    loss = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
-    if aux_weight:
-        loss = loss + aux_weight * F.cross_entropy(aux_logits.float(), labels, ignore_index=ignore_index)
-    return loss
+    decode, aux = segmentation_losses(logits, aux_logits, labels, aux_weight, ignore_index)
+    return decode if aux is None else decode + aux
 
 
 def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler | None = None, *, aux_weight: float = 0.4,
-               clip_grad: float | None = None, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+               clip_grad: float | None = None, amp_dtype: torch.dtype | None = None, return_aux: bool = False
+               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """One optimiser step of a segmenter (``model(images, return_aux=True)``) on a batch already on its
     device; returns the loss (a tensor: ``.item()`` syncs, so call it only when you log). Step the lr
-    scheduler after it. ``scaler``: a GradScaler for fp16 autocast (``amp_dtype``); ``clip_grad``: max norm."""
+    scheduler after it. ``scaler``: a GradScaler for fp16 autocast (``amp_dtype``); ``clip_grad``: max norm.
+    ``return_aux``: return ``(loss, aux term)``, the weighted auxiliary term of the loss detached (None with
+    ``aux_weight`` 0; a tensor too: no sync)."""
     scaler = scaler if scaler is not None else torch.amp.GradScaler(images.device.type, enabled=False)
     autocast = (torch.autocast(device_type=images.device.type, dtype=amp_dtype) if amp_dtype is not None
                 else contextlib.nullcontext())
     with autocast:
         logits, aux_logits = model(images, return_aux=True)
-    loss = segmentation_loss(logits, aux_logits, labels, aux_weight)
+    decode, aux = segmentation_losses(logits, aux_logits, labels, aux_weight)
+    loss = decode if aux is None else decode + aux
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if clip_grad:
@@ -323,6 +338,8 @@ def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, opt
         nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
     scaler.step(optimizer)
     scaler.update()
+    if return_aux:
+        return loss, None if aux is None else aux.detach()
     return loss
 
 
@@ -490,6 +507,14 @@ def _check_set_up(config: TrainConfig) -> None:
                       "iwin_models.training.setup(config) first for bit-identical resumes", stacklevel=3)
 
 
+class StepResult(NamedTuple):
+    """What :meth:`Trainer.step` returns: tensors on the device (reading them syncs: only when logging)."""
+
+    loss: torch.Tensor  # the total loss, decode CE + aux_weight * aux CE
+    lr: float  # the lr the step used
+    aux_loss: torch.Tensor | None  # aux_weight * aux CE, the weighted auxiliary term (None with aux_weight 0)
+
+
 class Trainer:
     """Trains ``model`` (a segmenter: ``model(x, return_aux=True)`` gives logits and aux logits) on
     ``train_set`` (``(image tensor, label tensor)`` samples; random augmentation is seeded per sample)
@@ -498,7 +523,9 @@ class Trainer:
     Call :func:`setup` first (process group, determinism, seeds). Construction changes no global state:
     it moves the model to its device (SyncBN there with several GPUs) and builds the optimiser, scheduler
     and GradScaler. :meth:`fit` resumes (``config.resume``), wraps the model in DDP with several
-    processes and runs the loop, writing ``work_dir/latest.pth`` and ``work_dir/final``. ``run_args``
+    processes and runs the loop, writing ``work_dir/latest.pth`` and ``work_dir/final``, and on rank 0 the
+    scalars of the run (:class:`iwin_models.runlog.RunLog`: TensorBoard ``tf_logs/``, ``scalars.jsonl``,
+    ``curves.png``). ``run_args``
     (e.g. the command's options that built the model and data) are stored in every checkpoint beside
     the config and compared on resume.
     """
@@ -522,6 +549,8 @@ class Trainer:
         self.sampler: InfiniteSampler | None = None
         self._resumed_from: Path | None = None
         self._pending_rng: list | None = None
+        self.runlog = RunLog(self.work_dir, enabled=self.rank == 0, note=self.log)  # opened by fit()
+        self._clock = (time.perf_counter(), 0)  # (time, iteration) the throughput is measured from
 
     def log(self, message: str) -> None:
         """Print ``message`` (and append it to work_dir/train.log) on rank 0."""
@@ -599,6 +628,7 @@ class Trainer:
         states = gather(_rng_state())
         if self.rank != 0:
             return None
+        self.runlog.flush()  # first: the history up to this iteration is on disk when the checkpoint is
         latest = save_checkpoint(self.state_dict(states), self.work_dir / "latest.pth")
         keep = self.config.keep_checkpoints
         if keep:
@@ -607,6 +637,7 @@ class Trainer:
             for old in kept[:-keep]:
                 old.unlink(missing_ok=True)
         self.log(f"checkpoint: iteration {self.iteration} -> {latest}")
+        self._restart_clock()
         return latest
 
     # --- the loop
@@ -629,18 +660,18 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """One iteration on a batch: the loss (a tensor) and the lr it used."""
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
+        """One iteration on a batch: the loss and its weighted aux term (tensors) and the lr it used."""
         c = self.config
         _check_finite(images, self.iteration)
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         lr = self.optimizer.param_groups[0]["lr"]
-        loss = train_step(self.net, images, labels, self.optimizer, self.scaler, aux_weight=c.aux_weight,
-                          clip_grad=c.clip_grad, amp_dtype=self.amp_dtype)
+        loss, aux = train_step(self.net, images, labels, self.optimizer, self.scaler, aux_weight=c.aux_weight,
+                               clip_grad=c.clip_grad, amp_dtype=self.amp_dtype, return_aux=True)
         self.scheduler.step()
         self.iteration += 1
-        return loss, lr
+        return StepResult(loss, lr, aux)
 
     def validate(self) -> dict | None:
         """mIoU figures on the validation set (None without one); every process must call it."""
@@ -652,10 +683,31 @@ class Trainer:
         metrics = evaluate(self.model, self.val_set, scale=tuple(c.val_scale), progress=not c.no_progress)
         self.net.train()
         self.log(f"validation at iteration {self.iteration}: mIoU {metrics['mIoU']:.4f}")
+        self.runlog.add(self.iteration, {f"val/{k}": metrics[k] for k in ("mIoU", "mAcc", "aAcc")})
+        self.runlog.draw()
+        self.runlog.flush()
+        self._restart_clock()
         return metrics
 
-    def _log_step(self, loss: torch.Tensor, lr: float, bar) -> float:
-        value = loss.item()
+    def _restart_clock(self) -> None:
+        """Throughput counts training only: the clock restarts after a validation or a checkpoint."""
+        self._clock = (time.perf_counter(), self.iteration)
+
+    def _scalars(self, step: StepResult) -> dict[str, float]:
+        """The scalars of a log step: one device sync for all (the step's tensors are read together)."""
+        if step.aux_loss is None:
+            scalars = {"train/loss": step.loss.item()}
+        else:
+            loss, aux = torch.stack([step.loss.detach().float(), step.aux_loss.float()]).tolist()
+            scalars = {"train/loss": loss, "train/decode_loss": loss - aux, "train/aux_loss": aux}
+        (then, since), now = self._clock, time.perf_counter()  # now: after the sync, the steps are done
+        self._clock = (now, self.iteration)
+        images = (self.iteration - since) * self.config.batch_size * self.world_size
+        return {**scalars, "train/lr": step.lr, "train/throughput": images / max(now - then, 1e-9)}
+
+    def _log_step(self, step: StepResult, bar) -> float:
+        scalars = self._scalars(step)
+        value, lr = scalars["train/loss"], step.lr
         if not math.isfinite(value) and self.amp_dtype is not torch.float16:
             raise FloatingPointError(f"the loss is {value} at iteration {self.iteration}; "
                                      f"lower --lr or use --precision fp32")
@@ -664,6 +716,7 @@ class Trainer:
             with open(self.log_file, "a", encoding="utf-8") as f:
                 f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} iter {self.iteration}/{self.config.iters} "
                         f"loss {value:.4f} lr {lr:.6g}\n")
+        self.runlog.add(self.iteration, scalars)
         return value
 
     def _log_start(self) -> None:
@@ -678,27 +731,37 @@ class Trainer:
     def fit(self) -> dict:
         """Resume (``config.resume``), train to ``config.iters``, write the final model; returns
         ``iterations``, last logged ``loss``, ``seconds``, ``rank`` and ``mIoU`` if validated."""
-        from tqdm import tqdm
-
         c = self.config
         torch.manual_seed(c.seed + self.rank)  # dropout / drop-path differ between processes
         path = c.resume_path()
         if path is not None:
             self.resume(path)  # its random states replace these when the loop starts
         self._wrap()
-        batches = iter(self.build_loader())
-        self._restore_rng()  # last: nothing after this draws random numbers before the first step
+        batches = iter(self.build_loader())  # the loader's workers start before the run log's writer thread
+        start = self.iteration
+        with self.runlog.open(start):  # closed (event files flushed) on any exit
+            self._restore_rng()  # last: nothing after this draws random numbers before the first step
+            result = self._loop(batches)
+            self.runlog.draw()  # a run that never validated gets its curves too
+        self._finish(finished_already=start == c.iters and self._resumed_from is not None)
+        return result
+
+    def _loop(self, batches) -> dict:
+        from tqdm import tqdm
+
+        c = self.config
         self.net.train()
-        start, loss_value, metrics = self.iteration, float("nan"), None
+        loss_value, metrics = float("nan"), None
         self._log_start()
-        bar = tqdm(total=c.iters, initial=start, disable=self.rank != 0 or c.no_progress, unit="it",
+        bar = tqdm(total=c.iters, initial=self.iteration, disable=self.rank != 0 or c.no_progress, unit="it",
                    dynamic_ncols=True, desc="train")
         began = time.perf_counter()
+        self._restart_clock()
         while self.iteration < c.iters:
-            loss, lr = self.step(*next(batches))
+            step = self.step(*next(batches))
             bar.update(1)
             if self._due(c.log_interval):
-                loss_value = self._log_step(loss, lr, bar)
+                loss_value = self._log_step(step, bar)
             if self._due(c.val_interval):
                 metrics = self.validate()
             if self._due(c.checkpoint_interval) or self.iteration == c.iters:
@@ -707,7 +770,6 @@ class Trainer:
         result = dict(iterations=self.iteration, loss=loss_value, seconds=time.perf_counter() - began, rank=self.rank)
         if metrics is not None:
             result["mIoU"] = float(metrics["mIoU"])
-        self._finish(finished_already=start == c.iters and self._resumed_from is not None)
         return result
 
     def _finish(self, finished_already: bool) -> None:

@@ -88,3 +88,21 @@ def test_card_snippets_run_as_written(converted, kind, tmp_path):
         assert run.returncode == 0, f"block {i}:\n{code}\n{run.stderr[-3000:]}"
         if "from_pretrained(" in code or "create_model(" in code or "pipeline(" in code:
             assert run.stdout.strip(), f"block {i} printed nothing"
+
+
+def test_a_direct_save_pretrained_card_runs_as_written(tmp_path):
+    """Not only ``convert``'s folders: a model a user fine-tuned and saved has a card whose snippet runs."""
+    from conftest import MINI
+
+    from iwin_models.segmenter import IwinUPerNet
+
+    where = tmp_path / "mine"
+    IwinUPerNet("iwin_tiny", encoder_kwargs=MINI, decoder_channels=16, aux_channels=0, classes=150).save_pretrained(where)
+    blocks = python_blocks((where / "README.md").read_text())
+    assert blocks and all("import iwin_models" in code for code in blocks if "from_pretrained" in code), blocks
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TORCH_HOME=str(tmp_path / "torch"), HF_HOME=str(tmp_path / "hf"))
+    for code in blocks:
+        run = subprocess.run([sys.executable, "-c", code], cwd=where, env=env, capture_output=True, text=True,
+                             timeout=SNIPPET_TIMEOUT)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert run.stdout.strip() or "from_pretrained" not in code, "the loading block printed nothing"

@@ -21,6 +21,7 @@ COMMANDS = {  # name: help (the module is iwin_models.cli.<name>)
     "flops": "parameters and FLOPs in the mmcv convention",
     "convert": "convert an official checkpoint to a safetensors hub folder",
     "export": "export a segmenter to ONNX or torch.export",
+    "demo": "serve the demo page (Gradio) on this machine",
 }
 
 

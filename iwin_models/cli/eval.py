@@ -1,4 +1,9 @@
-"""``iwin-seg eval``: mIoU of a segmenter on ADE20K or a folder data set; ``torchrun`` for many processes."""
+"""``iwin-seg eval``: mIoU of a segmenter on ADE20K or a folder data set; ``torchrun`` for many processes.
+
+``--report DIR`` also writes ``DIR/index.html`` (:mod:`iwin_models.report`: charts, the most confused classes,
+the ``--report-worst`` images of lowest pixel accuracy, the table), once, on rank 0, from the summed figures.
+It needs matplotlib (``pip install 'iwin-models[report]'``), checked before the model is loaded.
+"""
 from __future__ import annotations
 
 import json
@@ -12,6 +17,7 @@ from .common import (
     add_precision_option,
     add_protocol_arguments,
     build_dataset,
+    check_dependencies,
     fast_model,
     resolve_model,
 )
@@ -42,6 +48,13 @@ def add_arguments(parser) -> None:
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available, else cpu)")
     g.add_argument("--json", metavar="FILE", help="also write the figures (and per-class sums) as JSON")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = parser.add_argument_group("report")
+    g.add_argument("--report", metavar="DIR",
+                   help="also write DIR/index.html: per-class chart, most confused classes, the images of lowest "
+                        "pixel accuracy and the table, in one self-contained page (needs matplotlib: "
+                        "pip install 'iwin-models[report]')")
+    g.add_argument("--report-worst", type=int, default=8, metavar="N",
+                   help="images of lowest pixel accuracy shown in the report (default: %(default)s)")
 
 
 def _report(model, dataset, result: dict, args, world: int) -> None:
@@ -54,7 +67,23 @@ def _report(model, dataset, result: dict, args, world: int) -> None:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(json_ready(result), indent=1), encoding="utf-8")
+    if args.report:
+        print(f"report: {_write_report(model, dataset, result, args, world)}")
     sys.stdout.flush()
+
+
+def _write_report(model, dataset, result: dict, args, world: int) -> Path:
+    from .. import ade20k
+    from ..report import write_report
+
+    data = f"{args.data_root} ({args.split})" if args.data_root else f"images {args.images}, labels {args.labels}"
+    test = ("aug" if args.aug else "single scale") + (", slide" if args.slide else "")
+    settings = {"model": args.model, "weights": args.weights or "(the model's)", "data": data,
+                "images": result["num_images"], "test": test, "scale": " x ".join(map(str, args.scale)),
+                "precision": args.precision, "processes": world}
+    palette = dataset.palette or getattr(model, "palette", None) or ade20k.PALETTE
+    return write_report(result, dataset, args.report, class_names=dataset.class_names, palette=palette,
+                        title=f"{getattr(model, 'name', type(model).__name__)}: evaluation", settings=settings)
 
 
 def run(args) -> int:
@@ -65,6 +94,12 @@ def run(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be positive, got {args.limit}")
+    if args.report_worst < 0:
+        raise ValueError(f"--report-worst must be 0 or more, got {args.report_worst}")
+    if args.report:
+        from ..report import require_report
+
+        check_dependencies(require_report)  # before the model: a missing extra fails at once
     device, started = init_distributed(args.device)
     try:
         rank, world_size = world()
@@ -74,7 +109,8 @@ def run(args) -> int:
                                 ignore_index=args.ignore_index, reduce_zero_label=args.reduce_zero_label, model=model)
         result = evaluate(model, dataset, aug=args.aug, slide=args.slide, dtype=PRECISIONS[args.precision],
                           progress=not args.no_progress, scale=tuple(args.scale), limit=args.limit,
-                          fast=False)  # fast_model decided
+                          fast=False,  # fast_model decided
+                          report_worst=args.report_worst if args.report else 0)
         if rank == 0:
             _report(model, dataset, result, args, world_size)
     finally:
