@@ -51,7 +51,10 @@ def convert_backbone(source: str, arch: str, out_dir: str | Path) -> Path:
     import timm
     from timm.models import save_for_hf
 
-    model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(source)))
+    from .checkpoint import locate_weights
+
+    file = locate_weights(source).file  # a path, URL, or the bare name of a download in the torch.hub cache
+    model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(file)))
     save_for_hf(model, str(out_dir), safe_serialization=True)
     card = _backbone_card(arch, model.pretrained_cfg, Path(source).name, AUTHORS_TERMS)
     write_atomic(Path(out_dir) / "README.md", lambda tmp: Path(tmp).write_text(card))

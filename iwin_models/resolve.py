@@ -96,8 +96,11 @@ def _from_registry(name: str, start: str, num_classes: int | None, warn: bool, c
         load_segmenter_weights(model, read_weights(SEGMENTERS[name].url))  # through the torch.hub cache
         return model
     if start == "imagenet":  # encoder_pretrained: True (timm's in1k weights), a path, or False (random backbone)
-        if create_kwargs.get("encoder_pretrained") is None:
+        backbone = create_kwargs.get("encoder_pretrained")
+        if backbone is None:
             create_kwargs["encoder_pretrained"] = True
+        elif isinstance(backbone, (str, os.PathLike)):  # found as --weights are (a bare name: the torch.hub cache)
+            create_kwargs["encoder_pretrained"] = str(locate_weights(backbone).file)
         return segmenter.create_segmenter(name, pretrained=False, **create_kwargs)
     if warn:
         warnings.warn(f"no weights given: {name} has RANDOM weights (pass the official checkpoint as weights for a "

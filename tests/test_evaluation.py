@@ -35,7 +35,7 @@ def numpy_reference(preds, targets, num_classes: int, ignore: int = 255) -> dict
     with np.errstate(divide="ignore", invalid="ignore"):
         iou, acc = inter / union, inter / label
     return dict(aAcc=inter.sum() / label.sum(), mIoU=np.nanmean(iou), mAcc=np.nanmean(acc), IoU=iou, Acc=acc,
-                area_intersect=inter, area_union=union, area_pred=pred, area_label=label)
+                area_intersect=inter, area_union=union, area_pred=pred, area_label=label, confusion=cm)
 
 
 # --- the metric -----------------------------------------------------------------------------------
@@ -53,8 +53,9 @@ def test_iou_metric_matches_numpy_confusion_matrix(capsys):
         targets.append(target)
         metric.update(pred if len(preds) % 2 else torch.from_numpy(pred), target)  # numpy and tensors
     got, ref = metric.compute(), numpy_reference(preds, targets, c)
-    for k in ("area_intersect", "area_union", "area_pred", "area_label"):
+    for k in ("area_intersect", "area_union", "area_pred", "area_label", "confusion"):
         np.testing.assert_array_equal(got[k], ref[k])
+    assert got["confusion"].dtype == np.int64 and got["confusion"].shape == (c, c)
     assert np.isnan(got["Acc"][-1]) and np.isnan(got["IoU"][-1]) and got["IoU"][-2] == 0  # predicted, never labelled
     diff = max(abs(got[k] - ref[k]) for k in ("aAcc", "mIoU", "mAcc"))
     diff = max(diff, np.nanmax(abs(got["IoU"] - ref["IoU"])), np.nanmax(abs(got["Acc"] - ref["Acc"])))
@@ -174,9 +175,9 @@ def _summary(out: str) -> str:
     return lines[0]
 
 
-def _eval_args(data, json_path: Path) -> list[str]:
+def _eval_args(data, json_path: Path, report: Path) -> list[str]:
     return ["eval", "--model", str(data["tiny150"]), "--data-root", str(data["ade"].parent), "--scale", "128", "128",
-            "--no-progress", "--json", str(json_path)]
+            "--no-progress", "--json", str(json_path), "--report", str(report), "--report-worst", "3"]
 
 
 def test_cli_eval_folder_dataset(data, tmp_path, capsys):
@@ -205,20 +206,23 @@ def test_cli_eval_errors(data, tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_eval_two_processes_match_one(data, tmp_path, capsys):
     one_json, two_json = tmp_path / "one.json", tmp_path / "two.json"
-    rc = cli.main([*_eval_args(data, one_json), "--device", "cpu"])
+    rc = cli.main([*_eval_args(data, one_json, tmp_path / "one"), "--device", "cpu"])
     one = capsys.readouterr().out
     assert rc == 0, one
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env["CUDA_VISIBLE_DEVICES"] = ""  # gloo on CPU, whatever the machine has
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "iwin_models.cli", *_eval_args(data, two_json)]
+           "-m", "iwin_models.cli", *_eval_args(data, two_json, tmp_path / "two")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 processes" in proc.stdout and proc.stdout.count("aAcc ") == 1  # rank 0 prints, once
     assert _summary(proc.stdout) == _summary(one)
     a, b = json.loads(one_json.read_text()), json.loads(two_json.read_text())
-    assert a == b  # every per-class sum and figure, exactly
+    assert a == b  # every per-class sum and figure, the confusion matrix and the worst images, exactly
+    assert len(a["worst"]) == 3 and len(a["confusion"]) == 150
+    assert proc.stdout.count("report: ") == 1 and (tmp_path / "two" / "index.html").is_file()  # written once
+    assert _summary(proc.stdout) in (tmp_path / "two" / "index.html").read_text(encoding="utf-8")
     # 7 images in all: each process took its share (14 if both did all; 4 if nothing was summed)
     assert a["num_images"] == 7 and sum(a["area_label"]) > 0
     with capsys.disabled():

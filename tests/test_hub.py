@@ -97,7 +97,8 @@ def test_a_direct_save_pretrained_card_runs_as_written(tmp_path):
     from iwin_models.segmenter import IwinUPerNet
 
     where = tmp_path / "mine"
-    IwinUPerNet("iwin_tiny", encoder_kwargs=MINI, decoder_channels=16, aux_channels=0, classes=150).save_pretrained(where)
+    model = IwinUPerNet("iwin_tiny", encoder_kwargs=MINI, decoder_channels=16, aux_channels=0, classes=150)
+    model.save_pretrained(where)
     blocks = python_blocks((where / "README.md").read_text())
     assert blocks and all("import iwin_models" in code for code in blocks if "from_pretrained" in code), blocks
     env = dict(os.environ, HF_HUB_OFFLINE="1", TORCH_HOME=str(tmp_path / "torch"), HF_HOME=str(tmp_path / "hf"))

@@ -161,6 +161,7 @@ def _gloo_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> No
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_sum_the_matrix_and_gather_the_worst(monkeypatch, tmp_path):
     import pickle
 
@@ -212,7 +213,8 @@ def test_report_page_is_self_contained_and_says_what_the_table_says(monkeypatch,
     assert path == tmp_path / "rep" / "index.html" and (tmp_path / "rep" / "confusion.png").is_file()
     # self-contained: every src/href a data: URI, no URL of any kind, no script
     assert all(v.startswith("data:image/png;base64,") for v in re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', page))
-    assert not re.search(r"https?:|//|<script|url\(|@import", page.replace("data:image/png;base64,", ""))
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)  # base64 may hold "//"
+    assert not re.search(r"https?:|//|<script|<link|url\(|@import", text)
     assert "<title>Toy &lt;eval&gt;</title>" in page and all(name in page for name in NAMES)
     # the table: the figures format_results prints, row for row, and the summary line
     printed = [line.split("|")[1:4] for line in format_results(r, NAMES).splitlines()[2:-1]]
@@ -280,7 +282,7 @@ def test_cli_eval_writes_the_report(folder, tmp_path, capsys):
     page = page_path.read_text(encoding="utf-8")
     summary = next(line for line in out.splitlines() if line.startswith("aAcc "))
     assert html.escape(summary) in page and "(5 images)" in summary
-    assert page.count('<section class="worst">') == 2 and "img" in page and "square" in page
+    assert page.count('<section class="worst">') == 2 and "square" in page
     worst = json.loads((tmp_path / "r.json").read_text())["worst"]
     assert len(worst) == 2 and worst[0]["accuracy"] <= worst[1]["accuracy"]
     assert f"{worst[0]['name']} (#{worst[0]['index']})" in page

@@ -262,3 +262,21 @@ def test_the_commands_only_call_the_resolver():
         used = _calls(REPO / "iwin_models" / "cli" / f"{command}.py") & loaders
         assert not used, f"cli/{command}.py calls {used}: the resolver (iwin_models.resolve) does that"
     assert "load_segmenter" in _calls(REPO / "iwin_models" / "cli" / "common.py")
+
+
+def test_a_bare_backbone_file_name_is_taken_from_the_torch_hub_cache(mini_registry, tmp_path, monkeypatch):
+    """``train --pretrained iwin_tiny_patch4_window7_224.pth`` finds it where ``--weights`` would (no folder of it)."""
+    import timm
+
+    torch.manual_seed(3)
+    backbone = timm.create_model("iwin_tiny", **MINI)
+    torch_hub_checkpoints().mkdir(parents=True, exist_ok=True)
+    torch.save({"model": backbone.state_dict()}, torch_hub_checkpoints() / "my_in1k.pth")
+    monkeypatch.chdir(tmp_path)  # not in the current folder
+    model = load_segmenter(TINY, start="imagenet", encoder_pretrained="my_in1k.pth")
+    got = {k.removeprefix("model.model."): v for k, v in model.encoder.state_dict().items()}
+    shared = [k for k in backbone.state_dict() if k in got]  # the classifier head is not in the encoder
+    assert len(shared) > 20 and "patch_embed.proj.weight" in shared
+    assert all(torch.equal(got[k], backbone.state_dict()[k]) for k in shared)
+    with pytest.raises(CheckpointError, match="nowhere.pth"):
+        load_segmenter(TINY, start="imagenet", encoder_pretrained="nowhere.pth")

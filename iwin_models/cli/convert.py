@@ -6,6 +6,8 @@ folder has a model card. Upload the folder with ``huggingface-cli upload <org>/<
 """
 from __future__ import annotations
 
+from .common import check_dependencies
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("checkpoint", help="official .pth (ADE20K mmseg or ImageNet) file or URL")
@@ -27,10 +29,7 @@ def _format(args, segmenter: bool) -> str:
     if fmt == "transformers":
         from ..transformers_port import require_transformers
 
-        try:
-            require_transformers()
-        except ImportError as e:  # the one-line error of the CLI, not a traceback
-            raise ValueError(str(e)) from None
+        check_dependencies(require_transformers)
     return fmt
 
 
