@@ -30,7 +30,7 @@ from .files import write_atomic
 from .visualize import classes_by_area, colorize
 
 __all__ = ["write_report", "require_report", "most_confused", "class_chart", "confusion_chart", "worst_panels",
-           "CONFUSED", "PAGE_EDGE"]
+           "full_palette", "CONFUSED", "PAGE_EDGE"]
 
 CONFUSED = 20  # classes in the confusion figure: 20x20 cells stay readable with their names on both axes
 PAGE_EDGE = 512  # long edge of a worst image's panels on the page: enough to see the errors, a small page
@@ -57,9 +57,8 @@ def write_report(result: Mapping, dataset, out_dir: str | Path, *, class_names: 
     ``confused`` is how many classes the confusion figure shows.
     """
     require_report()
-    names = [str(n).strip() for n in (class_names or getattr(dataset, "class_names", None)
-                                      or [f"class {i}" for i in range(len(result["IoU"]))])]
-    colours = full_palette(palette or getattr(dataset, "palette", None), len(names))
+    names = _class_names(result, dataset, class_names)
+    colours = full_palette(palette if palette is not None else getattr(dataset, "palette", None), len(names))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     chart = class_chart(result, names)
@@ -68,9 +67,20 @@ def write_report(result: Mapping, dataset, out_dir: str | Path, *, class_names: 
     for file, png in (("per_class.png", chart), ("confusion.png", matrix)):
         if png is not None:
             write_atomic(out / file, lambda tmp, png=png: Path(tmp).write_bytes(png))
+        else:  # not one left from an earlier report of another result
+            (out / file).unlink(missing_ok=True)
     worst = [_worst_entry(w, dataset, names, colours) for w in result.get("worst", [])]
     page = _page(title, result, names, settings or {}, chart, (matrix, [names[i] for i in picked]), worst)
     return write_atomic(out / "index.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+
+
+def _class_names(result: Mapping, dataset, class_names: Sequence[str] | None) -> list[str]:
+    n = len(result["IoU"])
+    names = class_names if class_names is not None else getattr(dataset, "class_names", None)
+    names = [str(c).strip() for c in names] if names is not None else [f"class {i}" for i in range(n)]
+    if len(names) != n:
+        raise ValueError(f"{len(names)} class names for a result of {n} classes")
+    return names
 
 
 def full_palette(palette: Sequence[Sequence[int]] | None, num_classes: int) -> np.ndarray:
@@ -228,7 +238,7 @@ def _worst_entry(worst: WorstImage, dataset, names: Sequence[str], palette: np.n
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px auto; max-width: 1100px; color: #222; padding: 0 12px; }
 h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 18px; margin-top: 32px; border-bottom: 1px solid #ccc; }
-.summary { font: 15px monospace; background: #f4f4f4; padding: 6px 10px; }
+.summary { font: 15px monospace; background: #f4f4f4; padding: 6px 10px; white-space: pre-wrap; }
 table { border-collapse: collapse; } td, th { padding: 2px 10px; border-bottom: 1px solid #eee; }
 td.num, th.num { text-align: right; font-family: monospace; }
 .settings td:first-child { color: #666; }

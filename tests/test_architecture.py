@@ -102,6 +102,11 @@ def test_no_import_cycles():
     ("iwin_models.training", "iwin_models.cli"),
     ("iwin_models.evaluation", "iwin_models.cli"),
     ("iwin_models.inference", "iwin_models.cli"),
+    ("iwin_models.report", "iwin_models.cli"),
+    ("iwin_models.evaluation", "iwin_models.report"),
+    ("iwin_models.visualize", "iwin_models.report"),
+    ("iwin_models.files", "iwin_models.report"),
+    ("iwin_models.extras", "iwin_models.export"),
 ])
 def test_imports_run_downwards(low, high):
     """A lower room never imports a higher one, directly or through others."""
