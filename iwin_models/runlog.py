@@ -28,7 +28,8 @@ from pathlib import Path
 from .extras import install_hint, missing
 from .files import write_atomic
 
-__all__ = ["RunLog", "read_history", "trim_history", "draw_curves", "HISTORY", "TENSORBOARD_DIR", "CURVES"]
+__all__ = ["RunLog", "read_history", "trim_history", "draw_curves", "PANELS", "HISTORY", "TENSORBOARD_DIR",
+           "CURVES"]
 
 HISTORY, TENSORBOARD_DIR, CURVES = "scalars.jsonl", "tf_logs", "curves.png"
 
@@ -178,13 +179,14 @@ class RunLog:
 
 # --- curves.png -------------------------------------------------------------------------------------
 
-# (panel title, [(tag, label, line style)]); a validation figure is one point per validation: markers
+# (panel title, [(tag, label, line style)], y axis from 0); a validation figure is one point per validation:
+# markers. Rates and fractions start at 0, so a small wobble does not fill the panel.
 PANELS = (
     ("loss", [("train/loss", "total", "-"), ("train/decode_loss", "decode head", "-"),
-              ("train/aux_loss", "aux head (weighted)", "-")]),
-    ("learning rate", [("train/lr", "lr", "-")]),
-    ("throughput (images/s, all processes)", [("train/throughput", "images/s", "-")]),
-    ("validation", [("val/mIoU", "mIoU", "o-"), ("val/mAcc", "mAcc", "s--"), ("val/aAcc", "aAcc", "^:")]),
+              ("train/aux_loss", "aux head (weighted)", "-")], False),
+    ("learning rate", [("train/lr", "lr", "-")], True),
+    ("throughput (images/s, all processes)", [("train/throughput", "images/s", "-")], True),
+    ("validation", [("val/mIoU", "mIoU", "o-"), ("val/mAcc", "mAcc", "s--"), ("val/aAcc", "aAcc", "^:")], True),
 )
 
 
@@ -193,7 +195,7 @@ def _series(rows: list[dict], tag: str) -> tuple[list[int], list[float]]:
     return [s for s, _ in points], [v for _, v in points]
 
 
-def _draw_panel(ax, rows: list[dict], title: str, lines: list) -> None:
+def _draw_panel(ax, rows: list[dict], title: str, lines: list, from_zero: bool) -> None:
     ax.set_title(title, fontsize=10)
     drawn = 0
     for tag, label, style in lines:
@@ -204,7 +206,10 @@ def _draw_panel(ax, rows: list[dict], title: str, lines: list) -> None:
     if not drawn:
         ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes, color="0.5")
         ax.set_yticks([])
-    elif len(lines) > 1:
+        return
+    if from_zero:
+        ax.set_ylim(bottom=0)
+    if len(lines) > 1:
         ax.legend(fontsize=8, loc="best")
     ax.grid(True, alpha=0.3)
 
@@ -219,10 +224,10 @@ def draw_curves(rows: list[dict], path: str | os.PathLike, *, title: str = "") -
     figure = Figure(figsize=(11, 7.5), dpi=100)
     FigureCanvasAgg(figure)
     # fixed margins: the panels never change, and a layout engine would double the drawing time
-    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.91, wspace=0.18, hspace=0.22)
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.92, wspace=0.18, hspace=0.16)
     axes = figure.subplots(2, 2, sharex=True).ravel()
-    for ax, (panel, lines) in zip(axes, PANELS):
-        _draw_panel(ax, rows, panel, lines)
+    for ax, (panel, lines, from_zero) in zip(axes, PANELS):
+        _draw_panel(ax, rows, panel, lines, from_zero)
     for ax in axes[2:]:
         ax.set_xlabel("iteration")
     last = max((row["step"] for row in rows), default=0)

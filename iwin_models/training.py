@@ -30,6 +30,12 @@ Constructing a :class:`Trainer` changes no global state; :meth:`Trainer.fit` see
 drop-path generator of each process (``seed + rank``) when the loop starts, and restores a checkpoint's
 random states on resume.
 
+What a run writes to its work dir (rank 0): ``latest.pth`` (and ``iter_N.pth``), ``train.log``, ``final/``, and
+the scalars of :class:`iwin_models.runlog.RunLog`: loss, aux loss, lr and throughput every ``log_interval``,
+mIoU/mAcc/aAcc at each validation, as TensorBoard event files (``tf_logs/``, mmcv's place), a history
+(``scalars.jsonl``) and ``curves.png``, redrawn after each validation. A resumed run continues them, each
+step once.
+
 ``iwin-seg train`` (:mod:`iwin_models.cli.train`) builds the model and data sets from names and paths.
 Several processes: ``torchrun --nproc_per_node=N -m iwin_models.cli train ...`` (DDP; nccl on GPU,
 gloo on CPU).
@@ -408,7 +414,8 @@ class TrainConfig:
     clip_grad: float | None = _field(None, "clip the gradient norm (default: off)", "optimisation")
     precision: str = _field("fp32", "autocast precision: fp32 (none), bf16 or fp16 (fp16 uses a GradScaler)",
                             "optimisation")
-    work_dir: str = _field("work_dirs/iwin_upernet", "checkpoints, log, final model", "run")
+    work_dir: str = _field("work_dirs/iwin_upernet", "checkpoints, log, final model, scalars (TensorBoard tf_logs/, "
+                                                     "scalars.jsonl, curves.png)", "run")
     checkpoint_interval: int = _field(16000, "write work-dir/latest.pth every N iterations, and at the end "
                                              "(0: only at the end)", "run")
     keep_checkpoints: int = _field(0, "also keep the K most recent iter_N.pth", "run")
@@ -421,7 +428,7 @@ class TrainConfig:
     deterministic: bool = _field(False, "deterministic algorithms (bit-identical resumes; slower)", "run")
     device: str | None = _field(None, "cpu, cuda, cuda:1 (default: this process's GPU if any, else the CPU)",
                                 "run")
-    log_interval: int = _field(50, "loss/lr log every N iterations", "run")
+    log_interval: int = _field(50, "log loss, aux loss, lr and throughput every N iterations", "run")
     no_progress: bool = _field(False, "no progress bar", "run")
     amp: dataclasses.InitVar[str | None] = None
 
@@ -525,9 +532,8 @@ class Trainer:
     and GradScaler. :meth:`fit` resumes (``config.resume``), wraps the model in DDP with several
     processes and runs the loop, writing ``work_dir/latest.pth`` and ``work_dir/final``, and on rank 0 the
     scalars of the run (:class:`iwin_models.runlog.RunLog`: TensorBoard ``tf_logs/``, ``scalars.jsonl``,
-    ``curves.png``). ``run_args``
-    (e.g. the command's options that built the model and data) are stored in every checkpoint beside
-    the config and compared on resume.
+    ``curves.png``). ``run_args`` (e.g. the command's options that built the model and data) are stored in
+    every checkpoint beside the config and compared on resume.
     """
 
     def __init__(self, model: nn.Module, train_set, config: TrainConfig | None = None, val_set=None, *,
@@ -729,8 +735,8 @@ class Trainer:
         return bool(interval) and (self.iteration % interval == 0 or self.iteration == self.config.iters)
 
     def fit(self) -> dict:
-        """Resume (``config.resume``), train to ``config.iters``, write the final model; returns
-        ``iterations``, last logged ``loss``, ``seconds``, ``rank`` and ``mIoU`` if validated."""
+        """Resume (``config.resume``), train to ``config.iters`` (scalars to the run log), write the final model;
+        returns ``iterations``, last logged ``loss``, ``seconds``, ``rank`` and ``mIoU`` if validated."""
         c = self.config
         torch.manual_seed(c.seed + self.rank)  # dropout / drop-path differ between processes
         path = c.resume_path()

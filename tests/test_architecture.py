@@ -107,6 +107,10 @@ def test_no_import_cycles():
     ("iwin_models.visualize", "iwin_models.report"),
     ("iwin_models.files", "iwin_models.report"),
     ("iwin_models.extras", "iwin_models.export"),
+    ("iwin_models.files", "iwin_models.runlog"),
+    ("iwin_models.extras", "iwin_models.runlog"),
+    ("iwin_models.runlog", "iwin_models.training"),
+    ("iwin_models.runlog", "iwin_models.cli"),
 ])
 def test_imports_run_downwards(low, high):
     """A lower room never imports a higher one, directly or through others."""

@@ -22,6 +22,8 @@ from PIL import Image
 
 from iwin_models import training
 from iwin_models.cli import train as train_cli
+from iwin_models.extras import missing
+from iwin_models.runlog import read_history
 from iwin_models.segmenter import IwinUPerNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,6 +189,8 @@ def test_resume_after_sigkill_is_bit_identical(shapes, tiny_folder, unbroken_run
                              env=_RESUME_ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resumed from {broken / 'latest.pth'} at iteration {killed_at}" in resumed.stdout
+    # the killed run's rows after its checkpoint are gone; the resumed run logs at its own interval (50: the end)
+    assert _steps(read_history(broken / "scalars.jsonl"), "train/loss") == [*range(1, killed_at + 1), iters]
 
     a = torch.load(unbroken_run / "latest.pth", weights_only=True)
     b = torch.load(broken / "latest.pth", weights_only=True)
@@ -402,6 +406,128 @@ def test_trainer_on_plain_objects_resumes_exactly(tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in first.model.state_dict().items())  # it stepped
 
 
+def test_train_step_can_return_the_weighted_aux_term():
+    """``return_aux=True``: the loss and its auxiliary term (weighted, detached), for the run log; the loss
+    is the one ``segmentation_loss`` gives, to the bit."""
+    g = torch.Generator().manual_seed(0)
+    logits, aux_logits = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    labels = torch.randint(0, 4, (2, 8, 8), generator=g)
+    decode, aux = training.segmentation_losses(logits, aux_logits, labels, aux_weight=0.4)
+    assert torch.equal(decode + aux, training.segmentation_loss(logits, aux_logits, labels, aux_weight=0.4))
+    assert torch.allclose(aux, 0.4 * torch.nn.functional.cross_entropy(aux_logits, labels))
+    assert training.segmentation_losses(logits, None, labels, aux_weight=0.0)[1] is None
+
+    torch.manual_seed(0)
+    model = IwinUPerNet(**TINY)
+    optimizer = training.build_optimizer(model, lr=0.0)  # lr 0: the second call sees the same weights
+    images, labels = next(iter(torch.utils.data.DataLoader(_Squares(), batch_size=2)))
+    torch.manual_seed(1)  # the same drop-path draws
+    plain = training.train_step(model, images, labels, optimizer)
+    torch.manual_seed(1)
+    loss, aux = training.train_step(model, images, labels, optimizer, return_aux=True)
+    assert torch.equal(loss, plain) and aux.ndim == 0 and not aux.requires_grad and 0 < aux.item() < loss.item()
+    assert training.train_step(model, images, labels, optimizer, aux_weight=0.0, return_aux=True)[1] is None
+
+
+class _ValSquares(_Squares):
+    """_Squares as evaluate() reads a validation set: (uint8 (H, W, 3), int64 (H, W))."""
+
+    def __getitem__(self, i):
+        image, label = super().__getitem__(i)
+        return (image.clamp(-2, 2) * 60 + 128).to(torch.uint8).permute(1, 2, 0).numpy(), label.numpy()
+
+
+_RUN_LOG_CONFIG = dict(iters=4, batch_size=2, workers=0, lr=1e-3, warmup_iters=1, checkpoint_interval=2,
+                       keep_checkpoints=2, val_interval=2, val_scale=(64, 64), log_interval=1, no_progress=True, seed=3)
+
+
+def _steps(rows: list[dict], tag: str) -> list[int]:
+    return [r["step"] for r in rows if tag in r]
+
+
+def _events(work: Path, tag: str) -> list:
+    """The scalar events of ``tag`` in ``work``'s TensorBoard files, as TensorBoard shows them (purges done)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(work / "tf_logs"))
+    events.Reload()
+    return events.Scalars(tag)
+
+
+def _event_steps(work: Path, tag: str) -> list[int]:
+    return [e.step for e in _events(work, tag)] if not missing("tensorboard") else _steps(
+        read_history(work / "scalars.jsonl"), tag)  # without tensorboard: the history stands in
+
+
+def _event_values(work: Path, tag: str) -> list[float]:
+    return [e.value for e in _events(work, tag)]
+
+
+def _next_second() -> None:
+    """Wait for the clock's next second: TensorBoard reads event files in name order, which starts with the
+    second a writer opened (a run resumed in the same second as its crash is a test's artefact)."""
+    began = int(time.time())
+    while int(time.time()) == began:
+        time.sleep(0.02)
+
+
+def test_the_run_log_of_a_resumed_run_has_each_step_once(tmp_path):
+    """A run to 4 (checkpoints at 2 and 4, log every step, validation at 2 and 4) resumed from its iteration-2
+    checkpoint, as after a crash past it: the history, TensorBoard and curves.png show steps 1..4 once, with
+    the values of the unbroken run (the resume is exact: test_trainer_on_plain_objects_resumes_exactly)."""
+    work = tmp_path / "run"
+    config = training.TrainConfig(work_dir=str(work), **_RUN_LOG_CONFIG)
+    torch.manual_seed(0)
+    training.Trainer(IwinUPerNet(**TINY), _Squares(), config, _ValSquares()).fit()
+    unbroken = read_history(work / "scalars.jsonl")
+    assert _steps(unbroken, "train/loss") == [1, 2, 3, 4] and _steps(unbroken, "val/mIoU") == [2, 4]
+    assert (work / "curves.png").is_file()
+
+    _next_second()
+    torch.manual_seed(1)
+    resumed = training.Trainer(IwinUPerNet(**TINY), _Squares(), training.TrainConfig(
+        work_dir=str(work), resume=str(work / "iter_2.pth"), **_RUN_LOG_CONFIG), _ValSquares())
+    resumed.fit()
+    rows = read_history(work / "scalars.jsonl")
+    for tag in ("train/loss", "train/decode_loss", "train/aux_loss", "train/lr", "train/throughput"):
+        assert _steps(rows, tag) == [1, 2, 3, 4], tag
+    assert _steps(rows, "val/mIoU") == _steps(rows, "val/aAcc") == [2, 4]
+    without_time = [{k: v for k, v in r.items() if k != "train/throughput"} for r in rows]
+    assert without_time == [{k: v for k, v in r.items() if k != "train/throughput"} for r in unbroken]
+    last = [r for r in rows if "train/loss" in r][-1]
+    assert last["train/aux_loss"] > 0 and last["train/loss"] == pytest.approx(
+        last["train/decode_loss"] + last["train/aux_loss"])
+
+    if not missing("tensorboard"):
+        for tag in ("train/loss", "train/lr", "val/mIoU"):
+            assert _event_steps(work, tag) == _steps(rows, tag), tag
+            assert _event_values(work, tag) == pytest.approx([r[tag] for r in rows if tag in r], rel=1e-6)
+    assert (work / "curves.png").stat().st_mtime >= (work / "iter_4.pth").stat().st_mtime - 1
+
+
+def test_a_run_without_the_report_extra_says_so_once_and_goes_on(tmp_path, monkeypatch):
+    for module in ("tensorboard", "matplotlib"):
+        monkeypatch.setitem(sys.modules, module, None)  # not importable, as where the extra is not installed
+    config = training.TrainConfig(work_dir=str(tmp_path), **dict(_RUN_LOG_CONFIG, iters=2, checkpoint_interval=0,
+                                                                 keep_checkpoints=0))
+    torch.manual_seed(0)
+    assert training.Trainer(IwinUPerNet(**TINY), _Squares(), config, _ValSquares()).fit()["iterations"] == 2
+    log = (tmp_path / "train.log").read_text()
+    assert log.count("pip install 'iwin-models[report]'") == 2  # tensorboard, matplotlib: once each
+    assert log.count("tensorboard is not installed") == 1 and log.count("matplotlib is not installed") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final", "latest.pth", "scalars.jsonl", "train.log"]
+
+
+def test_only_rank_0_writes_the_run_log(tmp_path, monkeypatch):
+    """A process of another rank writes no file of its own: no log, history, event file or curves."""
+    monkeypatch.setattr(training, "world", lambda: (1, 1))  # rank 1, alone: the loop runs, no collective
+    config = training.TrainConfig(work_dir=str(tmp_path / "run"), **dict(_RUN_LOG_CONFIG, iters=2))
+    torch.manual_seed(0)
+    trainer = training.Trainer(IwinUPerNet(**TINY), _Squares(), config, _ValSquares())
+    assert trainer.rank == 1 and trainer.fit()["iterations"] == 2
+    assert not (tmp_path / "run").exists()
+
+
 def test_nan_images_are_refused_before_the_step(tmp_path):
     """The model reads no values (no per-forward sync): the Trainer refuses a NaN/Inf batch on the host,
     before it reaches the weights."""
@@ -555,6 +681,10 @@ def test_two_processes_with_torchrun(shapes, tiny_folder, tmp_path):
     assert not torch.equal(checkpoint["rng"][0]["torch"], checkpoint["rng"][1]["torch"])
     final = IwinUPerNet.from_pretrained(work / "final").state_dict()
     assert all(torch.equal(final[k], checkpoint["model"][k]) for k in final)
+    assert _steps(read_history(work / "scalars.jsonl"), "train/loss") == [4]  # rank 0 alone writes the run log
+    assert (work / "curves.png").is_file()
+    if not missing("tensorboard"):
+        assert len(list((work / "tf_logs").iterdir())) == 1
 
 
 def _torchrun(*args: str, max_restarts: int = 0) -> list[str]:
@@ -658,6 +788,8 @@ def test_torchrun_restarts_a_killed_worker_from_the_last_checkpoint(shapes, tiny
     resumed_at = int(resumed[0][1])
     assert 2 <= resumed_at < 8 and f"for 8 iterations from {resumed_at}:" in out, out
     assert out.count("for 8 iterations from 0:") == 1 and out.count("done: 8 iterations") == 1, out
+    assert _event_steps(broken, "train/loss") == _steps(read_history(broken / "scalars.jsonl"), "train/loss") == [
+        *range(1, 9)]  # what the killed worker logged after its checkpoint is redone, and shows once
 
     with _TorchrunJob(_torchrun(*_train_args(shapes, tiny_folder, unbroken, *common))) as job:
         assert job.wait(time.monotonic() + 240) == 0, f"exit status (None: still running, killed):\n{job.output}"
