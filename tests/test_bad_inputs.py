@@ -581,11 +581,11 @@ def test_checkpoint_contents(ckpts, run, expect):
 
 
 def test_backbone_converter_bad_files(ckpts, tmp_path):
-    """hub.convert_backbone goes through timm's pretrained loader: bad files fail before anything is written."""
+    """hub.convert_backbone finds the file as --weights do, then reads it through timm.s loader: bad files fail before anything is written."""
     from iwin_models.hub import convert_backbone
 
     for name, needle in [("truncated.pth", "not a readable checkpoint"), ("evil_touch.pth", "not a readable"),
-                         ("missing.pth", "no such file")]:
+                         ("missing.pth", "no such checkpoint file")]:
         CASE_COUNTS["hub.convert"] += 1
         with pytest.raises(CheckpointError, match=needle):
             convert_backbone(str(ckpts / name), "iwin_tiny", tmp_path / name)
