@@ -581,7 +581,8 @@ def test_checkpoint_contents(ckpts, run, expect):
 
 
 def test_backbone_converter_bad_files(ckpts, tmp_path):
-    """hub.convert_backbone finds the file as --weights do, then reads it through timm.s loader: bad files fail before anything is written."""
+    """hub.convert_backbone finds the file as --weights do, then reads it through timm's loader: bad files fail
+    before anything is written."""
     from iwin_models.hub import convert_backbone
 
     for name, needle in [("truncated.pth", "not a readable checkpoint"), ("evil_touch.pth", "not a readable"),
