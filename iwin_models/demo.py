@@ -30,7 +30,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import deque
+import uuid
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -53,18 +54,21 @@ PROTOCOLS = {  # the page's protocol choices -> predict()'s arguments
 PREVIEW_EDGE = 2048  # the pictures on the page: long edge at most this (the downloads are full size)
 MAX_PIXELS = 100_000_000  # a photo over this many pixels (header) is refused before decoding
 MAX_FILE_SIZE = "100mb"  # Gradio refuses larger uploads
-KEEP_RESULTS = 32  # download folders kept on disk (older ones are removed)
+KEEP_RESULTS = 16  # results kept for re-rendering (photo and class map: ~4 bytes a pixel each), newest first
+KEEP_FOLDERS = 32  # download folders kept on disk (older ones are removed)
 DIM = 0.3  # a highlighted class's overlay: the other pixels at this brightness
 # The confidence pictures' colours (viridis at five stops): 0 -> dark purple ... 1 -> yellow.
 CONFIDENCE_STOPS = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
 FONT = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
 FONT_MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Liberation Mono", "monospace"]
 CSS = """
-#legend ul {list-style: none; padding: 0; margin: 0; columns: 2;}
+#legend ul {list-style: none; padding: 1.9em 0 0 0; margin: 0; columns: 2;}
 #legend li {margin: 2px 0; white-space: nowrap;}
 #legend .swatch {display: inline-block; width: 14px; height: 14px; margin-right: 6px; vertical-align: -2px;
                  border: 1px solid #444;}
-#status p {font-weight: 600; color: #b91c1c;}
+#status p, #note p {font-weight: 600; border-radius: 6px; padding: 6px 10px;}
+#status p {color: #b91c1c; background: #fef2f2; border: 1px solid #fca5a5;}
+#note p {color: #92400e; background: #fffbeb; border: 1px solid #fcd34d;}
 .confidence-scale {display: flex; align-items: center; gap: 6px; font-size: 0.85em;}
 .confidence-scale .bar {flex: 1; height: 12px; border: 1px solid #444;}
 """
@@ -114,9 +118,11 @@ def command_line_choice(model: str, weights: str | None = None) -> ModelChoice |
         return None
     spec = SEGMENTERS.get(model)
     if weights is not None:
-        label = f"{spec.title if spec else model} + {Path(weights).name}"
+        label = f"{spec.title if spec else Path(model).name} + {Path(weights).name}"
+    elif Path(model).exists():
+        label = f"{Path(model).resolve().name} (local {'folder' if Path(model).is_dir() else 'file'})"
     else:
-        label = f"{Path(model).name or model} ({model})"
+        label = f"{model} (hub)"
     return ModelChoice(label, str(model), None if weights is None else str(weights),
                        protocol=spec.protocol if spec else ADE20K_PROTOCOL)
 
@@ -302,7 +308,8 @@ def model_input_sizes(h: int, w: int, protocol: EvalProtocol, aug: bool) -> list
 class DemoSession:
     """The page's state shared by every visitor: the model choices, the models built so far (each on first use,
     on ``device``, converted once to the CPU fast twins unless ``fast`` is False), one inference at a time
-    (a lock), and the folders the downloads are written to (the last :data:`KEEP_RESULTS` kept)."""
+    (a lock), the last :data:`KEEP_RESULTS` results (the page keeps their keys: memory stays bounded however many
+    visitors come), and the folders the downloads are written to (the last :data:`KEEP_FOLDERS`)."""
 
     def __init__(self, choices: Sequence[ModelChoice] | None = None, *, default: str | None = None,
                  device: str = "cpu", fast: bool = True, max_pixels: int | None = MAX_PIXELS,
@@ -323,6 +330,7 @@ class DemoSession:
         self._models: dict[str, object] = {}
         self._lock = threading.RLock()
         self._folders: deque[Path] = deque()
+        self._results: OrderedDict[str, DemoResult] = OrderedDict()
 
     def model(self, label: str):
         """The model of choice ``label``, built and converted on first use (under the lock)."""
@@ -342,13 +350,13 @@ class DemoSession:
             return self._models[label]
 
     def new_folder(self) -> Path:
-        """A new folder for one result's downloads (the oldest removed past :data:`KEEP_RESULTS`)."""
+        """A new folder for one result's downloads (the oldest removed past :data:`KEEP_FOLDERS`)."""
         if self._workdir is None:
             self._workdir = Path(tempfile.mkdtemp(prefix="iwin-seg-demo-"))
         self._workdir.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(dir=self._workdir))
         self._folders.append(folder)
-        while len(self._folders) > KEEP_RESULTS:
+        while len(self._folders) > KEEP_FOLDERS:
             shutil.rmtree(self._folders.popleft(), ignore_errors=True)
         return folder
 
@@ -400,6 +408,20 @@ class DemoSession:
                 *labels.shape, choice.protocol, PROTOCOLS[protocol]["aug"]),
             seconds=seconds, note=choice.note)
 
+    def keep(self, result: DemoResult) -> str:
+        """Keep ``result`` for re-rendering (the oldest dropped past :data:`KEEP_RESULTS`); its key."""
+        key = uuid.uuid4().hex
+        with self._lock:
+            self._results[key] = result
+            while len(self._results) > KEEP_RESULTS:
+                self._results.popitem(last=False)
+        return key
+
+    def result(self, key: str | None) -> DemoResult | None:
+        """The result kept under ``key`` (None once dropped)."""
+        with self._lock:
+            return self._results.get(key) if key else None
+
     def downloads(self, result: DemoResult, opacity: float, highlight: int | None = None) -> list[Path]:
         """The label PNG (class indices, written once) and the overlay PNG at ``opacity`` (``highlight``: one
         class), full size, written atomically to the result's folder; their paths."""
@@ -421,7 +443,7 @@ def info_markdown(result: DemoResult) -> str:
     w, h = result.size
     sizes = result.input_sizes
     model_size = (f"{sizes[0][1]} x {sizes[0][0]}" if len(sizes) == 1 else
-                  f"{len(sizes)} scales, {sizes[0][1]} x {sizes[0][0]} to {sizes[-1][1]} x {sizes[-1][0]}, with flips")
+                  f"{len(sizes)} scales, {sizes[0][1]} x {sizes[0][0]} to {sizes[-1][1]} x {sizes[-1][0]}")
     shown = "" if result.shown_labels.shape == result.labels.shape else (
         f" (shown at {result.shown_labels.shape[1]} x {result.shown_labels.shape[0]}; downloads full size)")
     s = result.seconds
@@ -466,7 +488,7 @@ def build_app(session: DemoSession | None = None, *, title: str = TITLE):
     gr = _gradio()
     session = session if session is not None else DemoSession()
     style = _style(gr)
-    at_launch = "theme" in inspect.signature(gr.Blocks.launch).parameters  # Gradio 6: theme and css at launch()
+    at_launch = int(gr.__version__.split(".")[0]) >= 6  # Gradio 6 takes theme and css at launch(), 5 at Blocks()
     blocks_kwargs = {} if at_launch else style
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600), **blocks_kwargs) as app:
         ui = _layout(gr, session, title)
@@ -494,11 +516,12 @@ def _layout(gr, session: DemoSession, title: str) -> dict:
             ui["precision"] = gr.Radio(list(session.precisions), value=session.precision, label="Precision",
                                        elem_id="precision")
             ui["run"] = gr.Button("Segment", variant="primary", elem_id="run")
+            ui["status"] = gr.Markdown("", elem_id="status")  # what is wrong with the photo, under the button
         with gr.Column(scale=2):
-            ui["status"] = gr.Markdown("", elem_id="status")
+            ui["note"] = gr.Markdown("", elem_id="note")  # random weights, next to the result
             ui["info"] = gr.Markdown("", elem_id="info")
             ui.update(_results(gr))
-    ui["state"] = gr.State(None, time_to_live=3600)
+    ui["state"] = gr.State(None)  # the key of the visitor's last result (DemoSession.keep)
     return ui
 
 
@@ -510,7 +533,8 @@ def _results(gr) -> dict:
         ui["opacity"] = gr.Slider(0, 1, value=0.5, step=0.05, label="Opacity", elem_id="opacity")
         ui["highlight"] = gr.Dropdown([("none (all classes)", -1)], value=-1, label="Highlight a class",
                                       elem_id="highlight")
-    ui["legend"] = gr.HTML("", label="Classes present (share of the pixels)", show_label=True, elem_id="legend")
+    ui["legend"] = gr.HTML("", label="Classes present (share of the pixels)", show_label=True,
+                           container=True, elem_id="legend")
     with gr.Row():
         ui["class_map"] = gr.Image(label="Class map", type="numpy", format="png", interactive=False,
                                    elem_id="class_map")
@@ -526,23 +550,23 @@ def _results(gr) -> dict:
 def _wire(gr, session: DemoSession, ui: dict) -> None:
     """The events: Segment runs the model (one at a time, queued); opacity and highlight only re-render."""
     run_outputs = [ui[k] for k in ("overlay", "class_map", "confidence", "legend", "highlight", "downloads", "info",
-                                   "status", "state")]
+                                   "note", "status", "state")]
     # preprocess=False: gr.Image would open the upload with PIL before our code runs (a corrupt file or an
     # oversize photo would then end in Gradio's bare "Error", and a JPEG's EXIF would be applied by Gradio as
     # well as by load_image); unprocessed, the handler gets the uploaded file's data (path, orig_name), which
     # Gradio has checked is one of its uploads, and reads it as `iwin-seg predict` does.
     ui["run"].click(lambda *a: handle_run(gr, session, *a), preprocess=False, concurrency_id="inference",
-                    concurrency_limit=1, outputs=run_outputs,
+                    concurrency_limit=1, api_name="segment", outputs=run_outputs,
                     inputs=[ui[k] for k in ("photo", "model", "protocol", "precision", "opacity")])
-    render = dict(fn=lambda *a: handle_render(session, *a), inputs=[ui["state"], ui["opacity"], ui["highlight"]],
-                  outputs=[ui["overlay"], ui["downloads"]], concurrency_id="render", concurrency_limit=1)
-    ui["opacity"].release(**render)
-    ui["highlight"].input(**render)
+    render = dict(fn=lambda *a: handle_render(gr, session, *a), outputs=[ui["overlay"], ui["downloads"]],
+                  inputs=[ui["state"], ui["opacity"], ui["highlight"]], concurrency_id="render", concurrency_limit=1)
+    ui["opacity"].release(**render, api_name="opacity")
+    ui["highlight"].input(**render, api_name="highlight")
 
 
 def handle_run(gr, session: DemoSession, photo, model_key, protocol, precision, opacity) -> tuple:
-    """Segment: the outputs of a result, or on a photo that cannot be segmented the outputs cleared, the
-    reason in the status line and a toast (the server goes on serving)."""
+    """Segment: the outputs of a result (and its model's note), or on a photo that cannot be segmented the outputs
+    cleared, the reason in the status line under the button and a toast (the server goes on serving)."""
     try:
         path, name = photo_file(photo, session.new_folder)
         result = session.run_segmentation(path, model_key, protocol, precision, name=name)
@@ -552,18 +576,22 @@ def handle_run(gr, session: DemoSession, photo, model_key, protocol, precision, 
         message = str(e) if isinstance(e, PhotoError) else f"cannot segment this photo: {e}"
         gr.Warning(message, **_accepted(gr.Warning, title="Cannot segment"))
         cleared = gr.update(choices=[("none (all classes)", -1)], value=-1)
-        return None, None, None, "", cleared, None, "", f"**Error:** {html.escape(message)}", None
+        return None, None, None, "", cleared, None, "", "", f"**Error:** {html.escape(message)}", None
     note = f"**Warning:** {html.escape(result.note)}" if result.note else ""
     return (overlay_picture(result.shown_image, result.shown_labels, result.palette, opacity),
             class_map_picture(result.shown_labels, result.palette), result.confidence,
             legend_html(result.legend, result.palette), gr.update(choices=highlight_choices(result), value=-1),
-            files, info_markdown(result), note, result)
+            files, info_markdown(result), note, "", session.keep(result))
 
 
-def handle_render(session: DemoSession, result: DemoResult | None, opacity, highlight) -> tuple:
-    """The overlay again at another opacity or highlight (no model run), and its download."""
+def handle_render(gr, session: DemoSession, key: str | None, opacity, highlight) -> tuple:
+    """The overlay again at another opacity or highlight (no model run), and its download; unchanged, with a
+    toast, once the result is no longer kept."""
+    result = session.result(key)
     if result is None:
-        return None, None
+        if key:
+            gr.Warning(f"this result is no longer kept (the server keeps the last {KEEP_RESULTS}): press Segment again")
+        return gr.update(), gr.update()
     highlight = None if highlight is None or int(highlight) < 0 else int(highlight)
     shown = overlay_picture(result.shown_image, result.shown_labels, result.palette, float(opacity), highlight)
     return shown, [str(p) for p in session.downloads(result, float(opacity), highlight)]

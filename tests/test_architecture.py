@@ -111,6 +111,12 @@ def test_no_import_cycles():
     ("iwin_models.extras", "iwin_models.runlog"),
     ("iwin_models.runlog", "iwin_models.training"),
     ("iwin_models.runlog", "iwin_models.cli"),
+    ("iwin_models.demo", "iwin_models.cli"),
+    ("iwin_models.resolve", "iwin_models.demo"),
+    ("iwin_models.inference", "iwin_models.demo"),
+    ("iwin_models.visualize", "iwin_models.demo"),
+    ("iwin_models.training", "iwin_models.demo"),
+    ("iwin_models.extras", "iwin_models.demo"),
 ])
 def test_imports_run_downwards(low, high):
     """A lower room never imports a higher one, directly or through others."""

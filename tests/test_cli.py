@@ -55,7 +55,7 @@ def _one_line_error(err: str, command: str, fragment: str) -> None:
 # --- dispatch -------------------------------------------------------------------------------------
 
 def test_commands_are_the_modules_of_the_package():
-    assert list(cli.COMMANDS) == ["predict", "eval", "train", "flops", "convert", "export"]
+    assert list(cli.COMMANDS) == ["predict", "eval", "train", "flops", "convert", "export", "demo"]
     for name in cli.COMMANDS:
         module = importlib.import_module(f"iwin_models.cli.{name}")
         assert callable(module.add_arguments) and callable(module.run), name
@@ -73,12 +73,14 @@ README_OPTIONS = {
     "predict": ["--model", "--weights", "--aug", "--precision", "--out", "--slide", "--device", "--no-fast"],
     "eval": ["--model", "--weights", "--data-root", "--split", "--images", "--labels", "--class-names",
              "--num-classes", "--ignore-index", "--reduce-zero-label", "--limit", "--aug", "--slide", "--scale",
-             "--precision", "--device", "--json", "--no-progress", "--no-fast"],
+             "--precision", "--device", "--json", "--no-progress", "--no-fast", "--report", "--report-worst"],
     "train": ["--model", "--weights", "--pretrained", "--no-pretrained-backbone", "--data-root", "--work-dir",
               "--resume", "--iters", "--batch-size", "--precision", "--grad-checkpointing", "--no-fast"],
     "flops": ["--model", "--shape"],
     "convert": ["checkpoint", "--model", "--out", "--format"],
     "export": ["--model", "--weights", "--onnx", "--program", "--height", "--width", "--opset", "--dynamic"],
+    "demo": ["--host", "--port", "--model", "--weights", "--precision", "--no-fast", "--device", "--max-pixels",
+             "--max-file-size", "--download"],
 }
 
 
@@ -302,8 +304,10 @@ def test_resolver_starts_of_a_registered_name(create_calls, capsys, tmp_path):
     resolve_model(TINY, start="imagenet", num_classes=7, drop_path_rate=0.3)
     assert create_calls[-1] == dict(name=TINY, pretrained=False, encoder_pretrained=True, num_classes=7,
                                     drop_path_rate=0.3)
+    (torch_hub_checkpoints() / "in1k.pth").write_bytes(b"")  # a bare name: found where --weights are found
     resolve_model(TINY, start="imagenet", encoder_pretrained="in1k.pth")
-    assert create_calls[-1] == dict(name=TINY, pretrained=False, encoder_pretrained="in1k.pth")
+    assert create_calls[-1] == dict(name=TINY, pretrained=False,
+                                    encoder_pretrained=str(torch_hub_checkpoints() / "in1k.pth"))
     resolve_model(TINY, start="imagenet", encoder_pretrained=False)  # --no-pretrained-backbone
     assert create_calls[-1] == dict(name=TINY, pretrained=False, encoder_pretrained=False)
     assert capsys.readouterr().err == ""

@@ -258,7 +258,7 @@ def _calls(path: Path) -> set[str]:
 def test_the_commands_only_call_the_resolver():
     loaders = {"create_segmenter", "from_pretrained", "load_segmenter_weights", "read_checkpoint", "read_weights",
                "locate_weights", "load_url"}
-    for command in ("common", "predict", "eval", "export", "train"):
+    for command in ("common", "predict", "eval", "export", "train", "demo"):
         used = _calls(REPO / "iwin_models" / "cli" / f"{command}.py") & loaders
         assert not used, f"cli/{command}.py calls {used}: the resolver (iwin_models.resolve) does that"
     assert "load_segmenter" in _calls(REPO / "iwin_models" / "cli" / "common.py")

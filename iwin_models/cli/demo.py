@@ -45,5 +45,12 @@ def run(args) -> int:
                                max_pixels=args.max_pixels or demo.MAX_PIXELS, precision=args.precision)
     if session.choices[default].start != "random":
         session.model(default)  # the model asked for: a bad path fails here, and the first photo is quick
-    demo.serve(demo.build_app(session), args.host, args.port, max_file_size=args.max_file_size)
+    app = demo.build_app(session)
+    try:
+        demo.serve(app, args.host, args.port, max_file_size=args.max_file_size)
+    except OSError as e:
+        if "port" not in str(e).lower():
+            raise
+        raise OSError(f"cannot serve on {args.host}:{args.port} (in use, or not this machine's address): "
+                      f"choose another --port or --host") from e
     return 0
