@@ -21,7 +21,7 @@ import torch
 from conftest import MINI, REPO
 from PIL import Image
 
-from iwin_models import ade20k, demo, images, inference, visualize
+from iwin_models import ade20k, demo, images, inference, visualize, weights
 from iwin_models.cli import main as cli
 from iwin_models.inference import SAMPLE_IMAGE, segment
 from iwin_models.resolve import load_segmenter
@@ -320,6 +320,9 @@ def test_the_space_builds_the_same_app_without_serving(monkeypatch):
     assert fields["sdk"].strip() == "gradio" and fields["app_file"].strip() == "app.py"
     assert int(fields["sdk_version"].strip().split(".")[0]) >= 5
     assert "iwin-models[demo]" in (SPACE / "requirements.txt").read_text()
+    terms = weights.AUTHORS_TERMS  # the Space serves the authors' weights: their terms, as the model cards say
+    assert (fields["license"].strip(), fields["license_name"].strip(), fields["license_link"].strip()) == (
+        terms.hub_license, terms.hub_license_name, terms.url)
     launched = []
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, *a, **k: launched.append(k))
     spec = importlib.util.spec_from_file_location("iwin_space_app", SPACE / "app.py")

@@ -114,8 +114,9 @@ def test_converted_model_trains_like_the_plain_one():
         (nn.functional.cross_entropy(logits, target) + 0.4 * nn.functional.cross_entropy(aux, target)).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-5, msg=name)
+    for name in grads[0]:  # float32 sums over every pixel, in another order: round-off scales with the gradient
+        scale = grads[0][name].abs().max().item()  # (patch_embed's: 6e-5 of it on one CPU, under 1e-5 on another)
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=max(2e-4 * scale, 1e-6), msg=name)
 
 
 def test_refuses_what_it_cannot_convert():
