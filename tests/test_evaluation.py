@@ -93,20 +93,25 @@ def test_iou_metric_hand_example_and_errors():
 CLASSES = ["bg", "square", "disc", "stripe", "blob"]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("evaldata")
-    images, labels = make_folder(root / "folder", n=6, num_classes=len(CLASSES))
+def folder_set(root, n: int) -> dict:
+    """A folder data set of ``n`` images of the five CLASSES, and a random mini segmenter (seed 0) saved beside it."""
+    images, labels = make_folder(root / "folder", n=n, num_classes=len(CLASSES))
     torch.manual_seed(0)
     small = IwinUPerNet("iwin_tiny", encoder_kwargs=MINI, decoder_channels=64, aux_channels=32, classes=len(CLASSES))
     small.save_pretrained(root / "tiny5")
+    return dict(images=images, labels=labels, tiny5=root / "tiny5", model5=small)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("evaldata")
+    folder = folder_set(root, 6)
     torch.manual_seed(1)
     ade = IwinUPerNet("iwin_tiny", encoder_kwargs=MINI, decoder_channels=64, aux_channels=32, classes=150)
     with torch.no_grad():  # a spread of classes in the predictions, so the figures say something
         ade.segmentation_head.conv_seg.weight.mul_(30)
     ade.save_pretrained(root / "tiny150")
-    return dict(images=images, labels=labels, ade=make_ade20k(root / "ade", n_val=7, n_train=1),
-                tiny5=root / "tiny5", tiny150=root / "tiny150", model5=small)
+    return dict(folder, ade=make_ade20k(root / "ade", n_val=7, n_train=1), tiny150=root / "tiny150")
 
 
 def test_evaluate_with_oracle_and_wrong_predictions(data, monkeypatch):

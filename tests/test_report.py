@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import MINI
 from PIL import Image
-from test_data import make_folder
+from test_evaluation import CLASSES, folder_set
 
 from iwin_models import cli
 from iwin_models.evaluation import (
@@ -29,7 +28,6 @@ from iwin_models.evaluation import (
     summary_line,
 )
 from iwin_models.report import PAGE_EDGE, most_confused, worst_panels, write_report
-from iwin_models.segmenter import IwinUPerNet
 
 C = 6
 NAMES = ["road", "car", "tree", "sky", "person", "sign"]
@@ -251,19 +249,12 @@ def test_worst_panels_are_downscaled_and_paint_ignored_pixels_black():
 
 # --- iwin-seg eval --report ------------------------------------------------------------------------
 
-FOLDER_CLASSES = ["bg", "square", "disc", "stripe", "blob"]
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("reportdata")
-    images, labels = make_folder(root / "folder", n=5, num_classes=len(FOLDER_CLASSES))
-    torch.manual_seed(0)
-    model = IwinUPerNet("iwin_tiny", encoder_kwargs=MINI, decoder_channels=64, aux_channels=32,
-                        classes=len(FOLDER_CLASSES))
-    model.save_pretrained(root / "tiny5")
-    (root / "names.txt").write_text("\n".join(FOLDER_CLASSES))
-    return dict(images=images, labels=labels, model=root / "tiny5", names=root / "names.txt")
+    made = folder_set(root, 5)
+    (root / "names.txt").write_text("\n".join(CLASSES))
+    return dict(images=made["images"], labels=made["labels"], model=made["tiny5"], names=root / "names.txt")
 
 
 def _eval_argv(folder: dict, *extra: str) -> list[str]:
