@@ -16,14 +16,19 @@ def add_arguments(parser) -> None:
 
 def _model(name: str):
     import timm
+    import torch
 
     from .. import iwin  # noqa: F401  (registers the backbones with timm)
     from ..segmenter import SEGMENTERS
 
-    if name in SEGMENTERS:  # counts do not depend on the weights: random ones, no download, no warning
-        return resolve_model(name, start="random", warn=False)
+    # The counts depend on shapes only: the model is built on the meta device (no weights, no download, no
+    # warning) and its forward computes nothing (Iwin-T/S/B at 512x2048: 5 s in all instead of 82 s).
+    if name in SEGMENTERS:
+        with torch.device("meta"):
+            return resolve_model(name, start="random", warn=False, device="meta")
     if timm.is_model(name):
-        return timm.create_model(name)
+        with torch.device("meta"):
+            return timm.create_model(name)
     raise ValueError(f"unknown model {name!r}: choose one of {', '.join(SEGMENTERS)} or an iwin_* timm model")
 
 
