@@ -194,13 +194,12 @@ def overlay_picture(image: np.ndarray, labels: np.ndarray, palette: Sequence[Seq
     """``image * (1 - opacity) + colours * opacity`` cast to uint8 (the blend of :func:`iwin_models.visualize.overlay`),
     a band of rows at a time; with ``highlight`` (a class) the other pixels are the photo dimmed to :data:`DIM`."""
     out = np.empty(image.shape, dtype=np.uint8)
-    for a in range(0, labels.shape[0], visualize.BLEND_ROWS):
-        b = min(a + visualize.BLEND_ROWS, labels.shape[0])
-        band = (image[a:b] * (1 - opacity) + visualize.colorize(labels[a:b], palette) * opacity).astype(np.uint8)
-        if highlight is not None:
-            rest = labels[a:b] != highlight
-            band[rest] = (image[a:b][rest] * DIM).astype(np.uint8)
-        out[a:b] = band
+    visualize.blend(image, labels, palette, opacity, out)
+    if highlight is None:
+        return out
+    for a in range(0, labels.shape[0], visualize.BLEND_ROWS):  # in bands too: the float temporaries stay small
+        rest = labels[a:a + visualize.BLEND_ROWS] != highlight
+        out[a:a + visualize.BLEND_ROWS][rest] = (image[a:a + visualize.BLEND_ROWS][rest] * DIM).astype(np.uint8)
     return out
 
 

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from . import ade20k
 
-__all__ = ["colorize", "overlay", "classes_by_area", "legend_entries", "LEGEND_MIN_SHARE"]
+__all__ = ["colorize", "blend", "overlay", "classes_by_area", "legend_entries", "LEGEND_MIN_SHARE"]
 
 # Rows blended at a time: the blend's float64 temporaries take 24 bytes a pixel of these rows, not of the
 # whole image (a 12 MP photo blended at once: ~290 MB of temporaries).
@@ -61,7 +61,7 @@ def legend_entries(labels: np.ndarray, class_names: Sequence[str],
     return lines
 
 
-def _blend(image: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]], alpha: float,
+def blend(image: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]], alpha: float,
            canvas: np.ndarray) -> None:
     """``image * (1 - alpha) + colours * alpha`` into the top left of ``canvas``, a band of rows at a time."""
     h, w = labels.shape[:2]
@@ -93,7 +93,7 @@ def overlay(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str] = 
     legend_w = LEGEND_SWATCH + 4 + text_w + 2 * LEGEND_PAD
     h, w = labels.shape[:2]
     canvas = np.full((max(h, 2 * LEGEND_PAD + LEGEND_LINE * len(lines)), w + legend_w, 3), 255, dtype=np.uint8)
-    _blend(image, labels, palette, alpha, canvas)
+    blend(image, labels, palette, alpha, canvas)
     picture = Image.fromarray(canvas)
     del canvas
     _draw_legend(picture, w, lines, palette, font)
