@@ -1,7 +1,7 @@
 """torch.hub entry points: ``torch.hub.load('<owner>/iwin', 'iwin_base_upernet_ade20k', trust_repo=True)``.
 
 Segmenters return an ``IwinUPerNet`` (smp model) with the authors' ADE20K weights; their docstrings
-(``torch.hub.help``) are written from the weights registry ``iwin_models.weights.SEGMENTERS``: figures,
+(``torch.hub.help``) are written from the weights registry ``iwin_models.models.weights.SEGMENTERS``: figures,
 weights URL, test protocol and the terms the authors set for the weights. Backbones return timm models
 (``features_only=True`` for the strides 4/8/16/32 feature maps). Every model is plain (the definition, on
 any device); ``iwin_models.optimize_for_cpu(model)`` puts its CPU fast twins in place.
@@ -10,8 +10,7 @@ dependencies = ["torch", "timm", "segmentation_models_pytorch"]
 
 import timm as _timm  # noqa: E402
 
-import iwin_models as _iwin_models  # noqa: E402,F401  (registers the backbones with timm)
-from iwin_models.segmenter import (  # noqa: E402,F401
+from iwin_models import (  # noqa: E402,F401  (importing iwin_models registers the backbones with timm)
     iwin_base_upernet_ade20k,
     iwin_small_upernet_ade20k,
     iwin_tiny_upernet_ade20k,

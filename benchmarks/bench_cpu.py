@@ -7,7 +7,7 @@
 ``segment()`` and the ``iwin-seg`` commands run on the CPU. "plain" is the same model unconverted (the
 definition; the two share their weights). Both are timed in every run, against the same baselines, so one
 run gives both columns of the summary table at the end. ``--no-fast`` (or ``IWIN_FAST_PATH=0``) times the plain
-model only; ``IWIN_<NAME>=0`` leaves one fast path out of the conversion (``iwin_models.layers.config``).
+model only; ``IWIN_<NAME>=0`` leaves one fast path out of the conversion (``iwin_models.fast.config``).
 
 Everything runs in one process with the same thread count, except the training-memory and torch.compile
 sections, which each use a fresh subprocess (peak RSS from /proc/self/status VmHWM; a compile that hangs cannot
@@ -50,8 +50,8 @@ sys.path.insert(0, str(HERE))
 from reference_block import build_reference  # noqa: E402
 
 import iwin_models  # noqa: E402
-from iwin_models.layers.config import enabled_fast_paths, use_fast_path  # noqa: E402
-from iwin_models.layers.linear import linear  # noqa: E402
+from iwin_models.fast.config import enabled_fast_paths, use_fast_path  # noqa: E402
+from iwin_models.fast.linear import linear  # noqa: E402
 
 FIXTURES = REPO.parent / "shared" / "fixtures" / "golden"
 SAMPLE = REPO / "iwin_models" / "assets" / "sample.jpg"
@@ -180,8 +180,8 @@ def seg_input(size: int) -> torch.Tensor:
     """The bundled sample image, normalised, resized to size x size (random noise without it)."""
     if not SAMPLE.is_file():
         return torch.randn(1, 3, size, size)
-    from iwin_models import ade20k
-    from iwin_models.inference import load_image
+    from iwin_models.data import ade20k
+    from iwin_models.io.images import load_image
 
     img = torch.from_numpy(load_image(SAMPLE)).permute(2, 0, 1)[None].float()
     img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False)
@@ -208,7 +208,7 @@ def segmenter_pair(size: str, swin_name: str, img_size: int = 512):
     """(Iwin UPerNet, Swin + smp UPerNet), plain, random weights, eval mode, 150 classes; Swin built for img_size."""
     import segmentation_models_pytorch as smp
 
-    from iwin_models.segmenter import create_segmenter
+    from iwin_models.models.segmenters import create_segmenter
 
     ours = create_segmenter(f"iwin_{size}_upernet_ade20k", pretrained=False).eval()
     swin = smp.UPerNet(f"tu-{swin_name}", encoder_weights=None, decoder_channels=512, classes=150,
@@ -352,7 +352,7 @@ def agreement(model, x: torch.Tensor) -> float:
 
 def bf16_agreement_random(s: Settings, prepare: Callable, x: torch.Tensor) -> list[float]:
     """Argmax agreement on random full-size Iwin-T UPerNet weights, one figure per seeded draw."""
-    from iwin_models.segmenter import create_segmenter
+    from iwin_models.models.segmenters import create_segmenter
 
     draws = []
     for seed in range(s.bf16_seeds):
@@ -365,7 +365,8 @@ def bf16_agreement_golden(prepare: Callable) -> dict[str, float]:
     """Argmax agreement on the golden mini UPerNet (its fixtures' inputs and sample.jpg)."""
     from safetensors.torch import load_file
 
-    from iwin_models.segmenter import IwinUPerNet, load_segmenter_weights
+    from iwin_models.models.segmenters import load_segmenter_weights
+    from iwin_models.models.upernet import IwinUPerNet
 
     ckpt = FIXTURES / "mini_upernet.pth"
     if not ckpt.is_file():
@@ -380,7 +381,7 @@ def bf16_agreement_golden(prepare: Callable) -> dict[str, float]:
 
 
 def section_bf16(s: Settings, res: dict) -> None:
-    from iwin_models.segmenter import create_segmenter
+    from iwin_models.models.segmenters import create_segmenter
 
     which = "converted" if s.fast else "plain"
     print(f"\n(4) bf16 autocast on CPU vs fp32 (Iwin-T UPerNet, {which})")
@@ -419,7 +420,7 @@ torch.set_num_threads(int(threads)); steps, size = int(steps), int(size)
 import torch.nn.functional as F
 import timm
 import iwin_models
-from iwin_models.segmenter import create_segmenter
+from iwin_models.models.segmenters import create_segmenter
 
 def status(key):
     for line in open('/proc/self/status'):

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cpu import SEGMENTER_PAIRS, machine, segmenter_pair, timed_alternating  # noqa: E402
 
 import iwin_models  # noqa: E402
-from iwin_models.layers.config import use_fast_path  # noqa: E402
+from iwin_models.fast.config import use_fast_path  # noqa: E402
 
 
 def peak_memory_mib(f, device: torch.device) -> float | None:

@@ -7,7 +7,7 @@ crops of 512x512: run it with nohup and poll).
 
 Each case is one ``iwin-seg predict`` of a synthetic photo (smooth gradients and shapes, JPEG) with
 Iwin-T UPerNet, fp32 on the CPU, its weights a random checkpoint in the authors' mmseg layout
-(``tests/_official.py``; no network). The command runs in a worker process (``iwin_models.cli.main``, as
+(``tests/_official.py``; no network). The command runs in a worker process (``iwin_models.apps.cli.main``, as
 the console script) under ``/usr/bin/time -f %M``: peak RSS of the whole command (decoding, model,
 inference, PNG writing). The baseline is the code before issue #13 (``git show d92dce3:iwin_models/inference.py``
 loaded as a module, and the decoder's concatenation it had) run in the same way, where its peak fits
@@ -107,7 +107,7 @@ def baseline_module(rev: str) -> types.ModuleType:
 
 
 def fast() -> bool:
-    from iwin_models.layers.config import use_fast_path
+    from iwin_models.fast.config import use_fast_path
 
     return use_fast_path()
 
@@ -126,7 +126,7 @@ def baseline_decoder():
     import torch
     import torch.nn.functional as F
 
-    from iwin_models.layers.upernet_cpu import CpuUPerNetDecoder
+    from iwin_models.fast.upernet_cpu import CpuUPerNetDecoder
 
     def fuse_concatenated(self, maps):
         size = maps[0].shape[2:]
@@ -144,7 +144,7 @@ def baseline_decoder():
 
 def timed_forwards() -> dict:
     """Seconds spent in the model's forward passes (encoder + decode head), summed, and their count."""
-    from iwin_models.bands import LowResForward
+    from iwin_models.engine.bands import LowResForward
 
     spent = dict(seconds=0.0, passes=0)
     low_res_logits = LowResForward.__call__
@@ -162,7 +162,7 @@ def timed_forwards() -> dict:
 
 def worker(which: str, rev: str, argv: list[str]) -> None:
     """Run ``iwin-seg predict argv`` (``which``: new, or the baseline at ``rev``); print what was timed."""
-    import iwin_models.inference as inference
+    import iwin_models.engine.inference as inference
 
     timings = dict(predict_seconds=0.0)
     spent = timed_forwards() if which == "new" else None
@@ -179,7 +179,7 @@ def worker(which: str, rev: str, argv: list[str]) -> None:
     setattr(module, name, timed)
     t = time.perf_counter()
     if which == "new":
-        from iwin_models.cli import main
+        from iwin_models.apps.cli import main
         rc = main(["predict", *argv])
     else:
         load_model = module.load_model
@@ -216,8 +216,8 @@ def time_ade_size(work: Path, checkpoint: Path, rev: str, reps: int) -> dict:
     """Median seconds of ``segment`` on a 683x512 photo, new and baseline alternately (one process)."""
     import torch
 
-    import iwin_models.inference as inference
-    from iwin_models.cli.common import resolve_model
+    import iwin_models.engine.inference as inference
+    from iwin_models.apps.cli.common import resolve_model
 
     baseline = baseline_module(rev)
     model = resolve_model(MODEL, str(checkpoint))
@@ -291,7 +291,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.no_fast:
         os.environ["IWIN_FAST_PATH"] = "0"  # the workers read it at import
-        from iwin_models.layers.config import set_fast_path
+        from iwin_models.fast.config import set_fast_path
 
         set_fast_path(False)
     work = Path(args.work)

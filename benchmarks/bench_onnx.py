@@ -30,9 +30,9 @@ sys.path.insert(0, str(HERE))
 from bench_cpu import timed_alternating  # noqa: E402
 
 import iwin_models  # noqa: E402
-from iwin_models.export import export_onnx  # noqa: E402
-from iwin_models.layers.config import use_fast_path  # noqa: E402
-from iwin_models.segmenter import create_segmenter  # noqa: E402
+from iwin_models.fast.config import use_fast_path  # noqa: E402
+from iwin_models.interop.export import export_onnx  # noqa: E402
+from iwin_models.models.segmenters import create_segmenter  # noqa: E402
 
 
 def session_for(path: Path, threads: int):

@@ -4,7 +4,7 @@
     python examples/finetune_own_loop.py --weights iwin_tiny_ade20k.pth   # a downloaded checkpoint
     python examples/finetune_own_loop.py --tiny --no-pretrained --steps 5 # offline smoke run
 
-The loop is yours; the recipe's pieces come from ``iwin_models.training``: the seeds (``seed_everything``,
+The loop is yours; the recipe's pieces come from ``iwin_models.engine.training``: the seeds (``seed_everything``,
 before the model is built), AdamW without weight decay on norms and biases (``build_optimizer``), warm-up
 + poly lr (``build_scheduler``), one step with the auxiliary loss (``train_step``) and an atomic checkpoint
 (``save_checkpoint``: a crash while writing leaves the previous one intact). On the CPU the model trains
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from iwin_models import IwinUPerNet, iwin_tiny_upernet_ade20k, optimize_for_cpu
-from iwin_models.training import build_optimizer, build_scheduler, save_checkpoint, seed_everything, train_step
+from iwin_models.engine.training import build_optimizer, build_scheduler, save_checkpoint, seed_everything, train_step
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--num-classes", type=int, default=4)

@@ -1,6 +1,6 @@
 """Segment an image with an exported Iwin UPerNet in onnxruntime: numpy and PIL only, no PyTorch.
 
-The authors' ADE20K test protocol, as ``iwin_models.inference.segment`` runs it: fit the image into
+The authors' ADE20K test protocol, as ``iwin_models.engine.inference.segment`` runs it: fit the image into
 2048x512 keeping its aspect ratio, normalise with ADE20K's mean/std, run the graph on the whole
 image, resize the logits bilinearly back to the original size, argmax. The graph must accept that
 size, so export it with free sizes (one file for every image):
@@ -21,7 +21,7 @@ import onnxruntime as ort
 from PIL import Image, ImageOps
 
 SAMPLE = Path(__file__).resolve().parents[1] / "iwin_models" / "assets" / "sample.jpg"
-# The test protocol (iwin_models.weights.ADE20K_PROTOCOL), restated because this example runs without
+# The test protocol (iwin_models.models.weights.ADE20K_PROTOCOL), restated because this example runs without
 # PyTorch; tests/test_inference_bands.py keeps these equal to it.
 TEST_SCALE = (2048, 512)  # (long, short) edges the image is fitted into
 MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)  # ADE20K, RGB 0-255

@@ -7,7 +7,7 @@ Every option (``--help``) overrides the recipe; ``--resume`` continues from work
 """
 import sys
 
-from iwin_models.cli.train import main
+from iwin_models.apps.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,27 +1,35 @@
 """Iwin Transformer for timm and segmentation-models-pytorch.
 
-``import iwin_models`` registers the Iwin backbones with timm (``timm.create_model('iwin_tiny')``).
+``import iwin_models`` registers the Iwin backbones with timm (``timm.create_model('iwin_tiny')``) and the
+segmenter class with smp (``smp.from_pretrained``). What is imported here is the public surface; the
+sub-packages (``models``, ``layers``, ``fast``, ``data``, ``io``, ``engine``, ``interop``, ``apps``) are the
+floors of the house (ARCHITECTURE.md).
 """
-__version__ = "0.1.0"
-
-from . import (
-    iwin,  # noqa: F401  (registers the timm models)
-    transformers_port,  # noqa: F401  (registers iwin_small_ade20k with timm; imports no transformers)
-)
-from .checkpoint import CheckpointError
-from .inference import segment
-from .iwin import IwinTransformer
-from .optimize import optimize_for_cpu, restore_plain
-from .segmenter import (
+from .data import SAMPLE_IMAGE
+from .data.ade20k import CLASSES as ADE20K_CLASSES
+from .data.ade20k import MEAN as ADE20K_MEAN
+from .data.ade20k import PALETTE as ADE20K_PALETTE
+from .data.ade20k import STD as ADE20K_STD
+from .engine.evaluation import evaluate
+from .engine.inference import predict, segment
+from .fast import optimize_for_cpu, restore_plain
+from .interop.export import dynamic_tracing, export_forms, export_onnx, export_program
+from .io.checkpoint import CheckpointError
+from .models import (
+    SEGMENTERS,
+    IwinTransformer,
     IwinUPerNet,
     create_segmenter,
     iwin_base_upernet_ade20k,
     iwin_small_upernet_ade20k,
     iwin_tiny_upernet_ade20k,
+    load_segmenter,
 )
+from .version import __version__
 
 __all__ = [
-    "IwinTransformer", "IwinUPerNet", "optimize_for_cpu", "restore_plain", "CheckpointError", "create_segmenter",
-    "segment",
-    "iwin_tiny_upernet_ade20k", "iwin_small_upernet_ade20k", "iwin_base_upernet_ade20k", "__version__",
+    "IwinTransformer", "IwinUPerNet", "create_segmenter", "load_segmenter", "iwin_tiny_upernet_ade20k",
+    "iwin_small_upernet_ade20k", "iwin_base_upernet_ade20k", "segment", "predict", "evaluate", "optimize_for_cpu",
+    "restore_plain", "export_onnx", "export_program", "export_forms", "dynamic_tracing", "CheckpointError",
+    "SAMPLE_IMAGE", "ADE20K_CLASSES", "ADE20K_PALETTE", "ADE20K_MEAN", "ADE20K_STD", "SEGMENTERS", "__version__",
 ]

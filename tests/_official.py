@@ -29,7 +29,7 @@ def random_state_dict_from_manifest(manifest: Path, seed: int = 0) -> dict[str, 
 
 def official_upernet_checkpoint(manifest: Path, seed: int = 0, classes=None, palette=None) -> dict:
     """mmseg 0.x layout: ``{'meta': {...}, 'state_dict': ...}``."""
-    from iwin_models import ade20k
+    from iwin_models.data import ade20k
 
     meta = dict(CLASSES=tuple(classes or ade20k.CLASSES), PALETTE=[list(c) for c in (palette or ade20k.PALETTE)],
                 mmseg_version="0.11.0", iter=160000)

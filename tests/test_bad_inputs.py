@@ -6,9 +6,9 @@ result. Cases that show misbehaviour in the package are ``xfail(strict=True)`` w
 ``CASE_COUNTS`` (printed at collection and by ``test_case_counts``) counts the cases per entry point.
 
 Everything uses a tiny model (embed 32, decoder 64, aux 32) so the module runs in well under a minute
-of model time. CLI cases run through ``iwin_models.cli.main`` in this process (stdout, stderr and the
+of model time. CLI cases run through ``iwin_models.apps.cli.main`` in this process (stdout, stderr and the
 exit status captured; a start-up of python, torch and timm per case cost 2-3 minutes), two of them end
-to end in ``python -m iwin_models.cli`` subprocesses.
+to end in ``python -m iwin_models.apps.cli`` subprocesses.
 """
 from __future__ import annotations
 
@@ -33,11 +33,13 @@ from conftest import MINI, REPO
 from PIL import Image
 
 from iwin_models import CheckpointError
-from iwin_models.checkpoint import read_checkpoint, unwrap_state_dict
-from iwin_models.convert import convert_mmseg_upernet
-from iwin_models.inference import load_image, predict_probs, segment
-from iwin_models.iwin import checkpoint_filter_fn
-from iwin_models.segmenter import IwinUPerNet, load_segmenter_weights
+from iwin_models.engine.inference import predict_probs, segment
+from iwin_models.io.checkpoint import read_checkpoint, unwrap_state_dict
+from iwin_models.io.images import load_image
+from iwin_models.models.iwin import checkpoint_filter_fn
+from iwin_models.models.keymaps import convert_mmseg_upernet
+from iwin_models.models.segmenters import load_segmenter_weights
+from iwin_models.models.upernet import IwinUPerNet
 
 CASE_COUNTS: collections.Counter = collections.Counter()
 CLASSES = 3
@@ -443,7 +445,7 @@ def _timm_file(d, name):
 
 
 def _convert_segmenter_file(d, name, tmp_path):
-    from iwin_models.hub import convert_segmenter
+    from iwin_models.interop.hub import convert_segmenter
     return convert_segmenter(str(d / name), "iwin_tiny_upernet_ade20k", tmp_path / "out")
 
 
@@ -583,7 +585,7 @@ def test_checkpoint_contents(ckpts, run, expect):
 def test_backbone_converter_bad_files(ckpts, tmp_path):
     """hub.convert_backbone finds the file as --weights do, then reads it through timm's loader: bad files fail
     before anything is written."""
-    from iwin_models.hub import convert_backbone
+    from iwin_models.interop.hub import convert_backbone
 
     for name, needle in [("truncated.pth", "not a readable checkpoint"), ("evil_touch.pth", "not a readable"),
                          ("missing.pth", "no such checkpoint file")]:
@@ -594,7 +596,7 @@ def test_backbone_converter_bad_files(ckpts, tmp_path):
     assert not (ckpts / "marker_touch").exists()
 
 
-# --- data sets and the IoU metric (iwin_models.data, iwin_models.evaluation) -----------------------------------
+# --- data sets and the IoU metric (iwin_models.data, iwin_models.engine.evaluation) -----------------------------------
 
 def _dataset_dir(tmp: Path, label: np.ndarray | Image.Image | None = None, image=None, stem="a") -> tuple[Path, Path]:
     (tmp / "img").mkdir(exist_ok=True)
@@ -608,7 +610,7 @@ def _dataset_dir(tmp: Path, label: np.ndarray | Image.Image | None = None, image
 
 
 def _folder_sample(tmp, label, image=None, names=("a", "b", "c"), **kw):
-    from iwin_models.data import FolderSegmentationDataset
+    from iwin_models.data.datasets import FolderSegmentationDataset
 
     images, labels = _dataset_dir(tmp, label, image)
     return FolderSegmentationDataset(images, labels, names, **kw)[0]
@@ -679,7 +681,7 @@ DATASET_CASES = [
 
 
 def _metric(n=3):
-    from iwin_models.evaluation import IoUMetric
+    from iwin_models.engine.evaluation import IoUMetric
 
     return IoUMetric(n)
 
@@ -733,8 +735,8 @@ CLI_CASES = [
          "not a readable image"),
     case("cli_predict", "unknown_option", ["predict", "--model", "{ws}/model", "--colour", "red"], 2,
          "unrecognized arguments: --colour"),
-    case("cli_predict", "dtype_fp8", ["predict", "--model", "{ws}/model", "--dtype", "fp8"], 2,
-         "argument --dtype: invalid choice: 'fp8'"),
+    case("cli_predict", "precision_fp8", ["predict", "--model", "{ws}/model", "--precision", "fp8"], 2,
+         "argument --precision: invalid choice: 'fp8'"),
     case("cli_predict", "missing_model_folder", ["predict", "{ws}/one.png", "--model", "{ws}/no_model"], 2,
          "unknown model"),
     case("cli_predict", "truncated_weights", ["predict", "{ws}/one.png", "--weights", "{ws}/truncated.pth"], 2,
@@ -784,7 +786,7 @@ CLI_CASES = [
     case("cli_eval", "missing_data_root", ["eval", "--model", "{ws}/model", "--data-root", "{ws}/ADE"], 2, "ADE"),
     case("cli_eval", "limit_0", ["eval", "--model", "{ws}/model", "--limit", "0"], 2, "--limit must be positive"),
     case("cli_eval", "split_test", ["eval", "--split", "test"], 2, "argument --split: invalid choice"),
-    case("cli_eval", "dtype_fp8", ["eval", "--dtype", "fp8"], 2, "argument --dtype: invalid choice"),
+    case("cli_eval", "precision_fp8", ["eval", "--precision", "fp8"], 2, "argument --precision: invalid choice"),
     case("cli_eval", "scale_one_number", ["eval", "--scale", "512"], 2, "expected 2 arguments"),
     case("cli_eval", "num_classes_vs_model", ["eval", "--model", "{ws}/model", "--images", "{ws}/ok/img",
                                               "--labels", "{ws}/ok/lab", "--num-classes", "7"], 2, "7"),
@@ -793,7 +795,7 @@ CLI_CASES = [
                                               "--json", "{ws}/eval.json"], 0, "mIoU"),
     case("cli_train", "iters_0", ["train", "--iters", "0"], 2, "--iters must be positive"),
     case("cli_train", "negative_workers", ["train", "--workers", "-1"], 2, "--workers must not be negative"),
-    case("cli_train", "amp_fp8", ["train", "--amp", "fp8"], 2, "argument --amp: invalid choice"),
+    case("cli_train", "precision_fp8", ["train", "--precision", "fp8"], 2, "argument --precision: invalid choice"),
     case("cli_train", "unknown_option", ["train", "--epochs", "3"], 2, "unrecognized arguments: --epochs"),
     case("cli_train", "scale_one_number", ["train", "--scale", "512"], 2, "expected 2 arguments"),
 ]
@@ -805,15 +807,16 @@ IN_SUBPROCESS = {"cli:no_command", "cli_predict:1x1_16bit_rgba_exif_images"}  # 
 def _run_cli(argv, ws):
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
     argv = [a.format(ws=ws) for a in argv]
-    return subprocess.run([sys.executable, "-m", "iwin_models.cli", *argv], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "iwin_models.apps.cli", *argv], capture_output=True, text=True,
+                          env=env,
                           timeout=300, cwd=ws)
 
 
 def _run_cli_in_process(argv, ws) -> subprocess.CompletedProcess:
-    """What ``_run_cli`` gives, through ``iwin_models.cli.main`` in this process: in ``ws``, warnings
+    """What ``_run_cli`` gives, through ``iwin_models.apps.cli.main`` in this process: in ``ws``, warnings
     ignored, argparse's exits as exit statuses, and an uncaught exception's traceback on stderr as the
     interpreter would print it (exit status 1)."""
-    from iwin_models.cli import main
+    from iwin_models.apps.cli import main
 
     argv = [a.format(ws=ws) for a in argv]
     out, err = io.StringIO(), io.StringIO()

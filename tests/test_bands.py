@@ -1,4 +1,4 @@
-"""The banded engine (``iwin_models.bands``): its resize, buffers, softmax, band sizes and model reading.
+"""The banded engine (``iwin_models.engine.bands``): its resize, buffers, softmax, band sizes and model reading.
 
 The protocol-level checks (banded == ``predict_probs`` on an Iwin segmenter, memory) are in
 ``test_inference_bands.py``; here the pieces, on a small stand-in model where a model is needed.
@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import iwin_models.bands as bands
-from iwin_models.inference import predict, predict_probs
-from iwin_models.weights import ADE20K_PROTOCOL
+import iwin_models.engine.bands as bands
+from iwin_models.engine.inference import predict, predict_probs
+from iwin_models.models.weights import ADE20K_PROTOCOL
 
 SMALL_WINDOWS = dataclasses.replace(ADE20K_PROTOCOL, slide_crop=64, slide_stride=43)  # 512/341's geometry
 

@@ -10,14 +10,10 @@ import torch
 from conftest import MINI
 
 from iwin_models import CheckpointError
-from iwin_models.checkpoint import (
-    hub_repo_id,
-    load_segmenter_weights,
-    locate_weights,
-    read_weights,
-    torch_hub_checkpoints,
-)
-from iwin_models.segmenter import IwinUPerNet
+from iwin_models.io.checkpoint import torch_hub_checkpoints
+from iwin_models.io.locate import hub_repo_id, locate_weights, read_weights
+from iwin_models.models.segmenters import load_segmenter_weights
+from iwin_models.models.upernet import IwinUPerNet
 
 
 def _mini(**kwargs) -> IwinUPerNet:
@@ -32,7 +28,7 @@ def official(golden) -> dict:
 
 
 def test_the_old_import_is_the_same_function():
-    import iwin_models.segmenter as segmenter
+    import iwin_models.models.upernet as segmenter
 
     assert segmenter.load_segmenter_weights is load_segmenter_weights
 
@@ -84,8 +80,8 @@ def test_key_maps_and_checkpoint_reading_import_no_model_module():
     model modules can import both without a cycle (static or at run time: function-level imports count)."""
     import ast
 
-    import iwin_models.checkpoint as checkpoint
-    import iwin_models.convert as convert
+    import iwin_models.io.checkpoint as checkpoint
+    import iwin_models.models.keymaps as convert
 
     def imports(module) -> set[str]:
         tree = ast.parse(Path(module.__file__).read_text())

@@ -15,11 +15,11 @@ import torch
 from conftest import MINI, REPO
 from test_data import make_ade20k, make_folder
 
-from iwin_models import cli
-from iwin_models.cli.common import PRECISIONS, build_dataset, fast_model, resolve_model
-from iwin_models.data import ADE20KDataset, FolderSegmentationDataset
-from iwin_models.resolve import load_segmenter
-from iwin_models.segmenter import IwinUPerNet
+from iwin_models.apps import cli
+from iwin_models.apps.cli.common import PRECISIONS, build_dataset, fast_model, resolve_model
+from iwin_models.data.datasets import ADE20KDataset, FolderSegmentationDataset
+from iwin_models.models.segmenters import load_segmenter
+from iwin_models.models.upernet import IwinUPerNet
 
 PACKAGE = REPO / "iwin_models"
 TINY = "iwin_tiny_upernet_ade20k"
@@ -57,7 +57,7 @@ def _one_line_error(err: str, command: str, fragment: str) -> None:
 def test_commands_are_the_modules_of_the_package():
     assert list(cli.COMMANDS) == ["predict", "eval", "train", "flops", "convert", "export", "demo"]
     for name in cli.COMMANDS:
-        module = importlib.import_module(f"iwin_models.cli.{name}")
+        module = importlib.import_module(f"iwin_models.apps.cli.{name}")
         assert callable(module.add_arguments) and callable(module.run), name
 
 
@@ -95,17 +95,17 @@ def test_every_command_has_help_with_its_options(command, capsys):
 
 
 def test_dispatch_imports_only_the_command_given():
-    code = ("import sys; from iwin_models.cli import build_parser; build_parser('flops'); "
-            "print(sorted(m for m in sys.modules if m.startswith('iwin_models.cli.')))")
+    code = ("import sys; from iwin_models.apps.cli import build_parser; build_parser('flops'); "
+            "print(sorted(m for m in sys.modules if m.startswith('iwin_models.apps.cli.')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
     loaded = eval(proc.stdout.strip().splitlines()[-1])
-    assert "iwin_models.cli.flops" in loaded
-    assert not {f"iwin_models.cli.{c}" for c in ("predict", "eval", "train", "convert", "export")} & set(loaded)
+    assert "iwin_models.apps.cli.flops" in loaded
+    assert not {f"iwin_models.apps.cli.{c}" for c in ("predict", "eval", "train", "convert", "export")} & set(loaded)
 
 
 def test_python_dash_m_and_console_entry_point():
-    proc = subprocess.run([sys.executable, "-m", "iwin_models.cli", "--help"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "iwin_models.apps.cli", "--help"], capture_output=True, text=True,
                           cwd=REPO, timeout=120)
     assert proc.returncode == 0 and "COMMAND" in proc.stdout, proc.stderr
     setup = (REPO / "setup.cfg").read_text()
@@ -114,7 +114,7 @@ def test_python_dash_m_and_console_entry_point():
 
 
 def test_user_errors_are_one_line_exit_2(monkeypatch, capsys):
-    flops = importlib.import_module("iwin_models.cli.flops")
+    flops = importlib.import_module("iwin_models.apps.cli.flops")
 
     def fails(args):
         raise ValueError("first line\n   second line\n")
@@ -152,39 +152,40 @@ def test_unknown_models_and_bad_devices_are_one_line_errors(ws, tmp_path, capsys
 
 
 def test_one_precision_table():
-    from iwin_models import training
+    from iwin_models.engine import training
+    from iwin_models.engine.precision import PRECISIONS as table
 
-    assert PRECISIONS is training.PRECISIONS
+    assert PRECISIONS is table and not hasattr(training, "PRECISIONS")
     assert PRECISIONS == {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    with pytest.warns(DeprecationWarning, match="use PRECISIONS"):
-        from iwin_models.cli.common import DTYPES
-    assert DTYPES is PRECISIONS
 
 
 @pytest.mark.parametrize("command", ["predict", "eval", "train"])
-@pytest.mark.parametrize("argv, precision, note", [
-    ([], "fp32", None), (["--precision", "bf16"], "bf16", None),
-    (["--dtype", "bf16"], "bf16", "--dtype is deprecated; use --precision bf16"),
-    (["--amp", "fp16"], "fp16", "--amp is deprecated; use --precision fp16"),
-    (["--amp", "none"], "fp32", "--amp is deprecated; use --precision fp32"),
-])
-def test_precision_option_and_its_old_spellings(capsys, command, argv, precision, note):
+@pytest.mark.parametrize("argv, precision", [([], "fp32"), (["--precision", "bf16"], "bf16")])
+def test_precision_option(capsys, command, argv, precision):
     args = cli.build_parser(command).parse_args([command, *argv])
     assert args.precision == precision
-    err = capsys.readouterr().err
-    assert (f"iwin-seg {command}: warning: {note}" in err) if note else err == ""
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "train"])
+@pytest.mark.parametrize("old", ["--dtype", "--amp"])
+def test_one_spelling_of_the_precision(capsys, command, old):
+    """The package is unreleased: ``--precision`` is the one way to say it."""
+    with pytest.raises(SystemExit):
+        cli.build_parser(command).parse_args([command, old, "bf16"])
+    assert "unrecognized arguments" in capsys.readouterr().err
 
 
 # --- fast by default -------------------------------------------------------------------------------
 
 def _has_twins(model) -> bool:
-    from iwin_models.layers.twin import CpuTwin
+    from iwin_models.fast.twin import CpuTwin
 
     return any(isinstance(m, CpuTwin) for m in model.modules())
 
 
 def test_fast_model_converts_on_the_cpu_unless_told_not_to(ws):
-    from iwin_models.layers.config import fast_paths
+    from iwin_models.fast.config import fast_paths
 
     model = fast_model(resolve_model(str(ws["five"])))
     assert _has_twins(model) and fast_model(model) is model  # converted in place, once
@@ -198,7 +199,7 @@ def test_fast_model_converts_on_the_cpu_unless_told_not_to(ws):
 @pytest.fixture
 def conversions(monkeypatch) -> list:
     """Every optimize_for_cpu call (its ``inplace``), the command's and any segment()/predict() would make."""
-    import iwin_models.optimize as optimize
+    import iwin_models.fast.optimize as optimize
 
     calls, real = [], optimize.optimize_for_cpu
 
@@ -274,7 +275,7 @@ def test_resolver_bad_names_devices_and_starts(ws, tmp_path):
 def create_calls(monkeypatch):
     """create_segmenter replaced by a recorder (the registered models are large; their loading is
     tested in test_segmenter.py): what the resolver asks for, per start."""
-    import iwin_models.segmenter as segmenter
+    import iwin_models.models.upernet as segmenter
 
     calls = []
 
@@ -289,8 +290,8 @@ def create_calls(monkeypatch):
 def test_resolver_starts_of_a_registered_name(create_calls, capsys, tmp_path):
     """The segmenter factory is asked for the architecture only (``pretrained=False``, no weights): the resolver
     reads the weights itself (the official file from the torch.hub cache, or --weights) and loads them."""
-    from iwin_models.checkpoint import torch_hub_checkpoints
-    from iwin_models.weights import SEGMENTERS
+    from iwin_models.io.checkpoint import torch_hub_checkpoints
+    from iwin_models.models.weights import SEGMENTERS
 
     official, tuned = _mini(150, 3), _mini(7, 4)
     torch_hub_checkpoints().mkdir(parents=True)
@@ -420,32 +421,33 @@ def test_argparse_only_in_cli():
 
 
 def test_one_definition_of_precisions_and_ignore_index():
-    defined = {"_DTYPES =": [], "DTYPES =": [], "AMP_DTYPES =": [], "PRECISIONS =": [], "IGNORE_INDEX =": []}
+    defined = {"_DTYPES =": [], "DTYPES =": [], "AMP_DTYPES =": [], "PRECISIONS": [], "IGNORE_INDEX =": []}
     for path in sorted(PACKAGE.rglob("*.py")):
         for line in path.read_text(encoding="utf-8").splitlines():
             for name in defined:
                 if line.startswith(name) and not line.startswith(f"{name} ade20k."):
                     defined[name].append(str(path.relative_to(PACKAGE)))
     assert defined["_DTYPES ="] == defined["DTYPES ="] == defined["AMP_DTYPES ="] == [], defined
-    assert defined["PRECISIONS ="] == ["training.py"], defined
-    assert defined["IGNORE_INDEX ="] == ["ade20k.py"], defined
+    assert defined["PRECISIONS"] == ["engine/precision.py"], defined
+    assert defined["IGNORE_INDEX ="] == ["data/ade20k.py"], defined
 
 
 def test_library_modules_keep_their_functions():
-    from iwin_models import evaluation, export, flops, hub
+    from iwin_models.engine import evaluation
+    from iwin_models.interop import export, flops, hub
 
     assert callable(evaluation.evaluate) and callable(evaluation.json_ready)
     assert callable(export.export_onnx) and callable(export.export_program)
     assert callable(flops.mmcv_flops) and callable(hub.convert_segmenter) and callable(hub.convert_backbone)
     for module in (evaluation, export, flops, hub):
         assert not hasattr(module, "add_arguments") and not hasattr(module, "run"), module.__name__
-    assert not hasattr(evaluation, "init_distributed")  # in iwin_models.distributed
+    assert not hasattr(evaluation, "init_distributed")  # in iwin_models.engine.distributed
 
 
 def test_export_passes_its_options_to_the_library(ws, tmp_path, monkeypatch, capsys, conversions):
     """The command's part: options -> export_onnx / export_program arguments (the graphs themselves,
     fixed and dynamic, are tested in tests/test_export.py)."""
-    import iwin_models.export as export
+    import iwin_models.interop.export as export
 
     calls = []
 

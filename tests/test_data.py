@@ -11,16 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from iwin_models import ade20k
-from iwin_models.data import (
+from iwin_models.data import ade20k
+from iwin_models.data.datasets import (
     ADE20KDataset,
     FolderSegmentationDataset,
-    TrainTransform,
-    build_train_transform,
     read_class_names,
     read_image,
     read_label,
 )
+from iwin_models.data.transforms import TrainTransform, build_train_transform
 
 H, W = 64, 80
 

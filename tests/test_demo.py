@@ -21,12 +21,16 @@ import torch
 from conftest import MINI, REPO
 from PIL import Image
 
-from iwin_models import ade20k, demo, images, inference, visualize, weights
-from iwin_models.cli import main as cli
-from iwin_models.inference import SAMPLE_IMAGE, segment
-from iwin_models.resolve import load_segmenter
-from iwin_models.segmenter import IwinUPerNet
-from iwin_models.weights import EvalProtocol
+from iwin_models.apps import demo, visualize
+from iwin_models.apps.cli import main as cli
+from iwin_models.data import SAMPLE_IMAGE, ade20k
+from iwin_models.engine import inference
+from iwin_models.engine.inference import segment
+from iwin_models.io import images
+from iwin_models.models import weights
+from iwin_models.models.segmenters import load_segmenter
+from iwin_models.models.upernet import IwinUPerNet
+from iwin_models.models.weights import EvalProtocol
 
 SPACE = REPO / "examples" / "space"
 NAMES, PALETTE = list(ade20k.CLASSES[:8]), [tuple(p) for p in ade20k.PALETTE[:8]]
@@ -84,7 +88,7 @@ def _png_header_only(path: Path, w: int, h: int) -> Path:
 # --- the same inference as segment() -------------------------------------------------------------
 
 def test_importing_the_demo_does_not_import_gradio():
-    code = "import sys, iwin_models.demo, iwin_models.cli.demo; print('gradio' in sys.modules)"
+    code = "import sys, iwin_models.apps.demo.session, iwin_models.apps.cli.demo; print('gradio' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "False"
@@ -360,8 +364,10 @@ def test_a_24_megapixel_photo_stays_within_predict_s_budget(mini, tmp_path):
 import resource
 import numpy as np
 from PIL import Image
-from iwin_models import demo
-from iwin_models.inference import SAMPLE_IMAGE, load_image, predict
+from iwin_models.apps import demo
+from iwin_models.data import SAMPLE_IMAGE
+from iwin_models.io.images import load_image
+from iwin_models.engine.inference import predict
 def grown(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
 tile = np.random.default_rng(0).integers(0, 256, (500, 500, 3), dtype=np.uint8)
 Image.fromarray(np.tile(tile, (8, 12, 1))).save({str(tmp_path / 'big.jpg')!r}, quality=80)

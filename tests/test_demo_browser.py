@@ -34,10 +34,12 @@ from conftest import REPO
 from PIL import Image
 from test_demo import make_mini_folder
 
-from iwin_models.demo import DIM
-from iwin_models.inference import SAMPLE_IMAGE, load_image, segment
-from iwin_models.resolve import load_segmenter
-from iwin_models.visualize import legend_entries
+from iwin_models.apps.demo.session import DIM
+from iwin_models.apps.visualize import legend_entries
+from iwin_models.data import SAMPLE_IMAGE
+from iwin_models.engine.inference import segment
+from iwin_models.io.images import load_image
+from iwin_models.models.segmenters import load_segmenter
 
 INSTALL = "apt-get install chromium && pip install playwright"
 
@@ -148,7 +150,7 @@ def server(tmp_path_factory):
     assert "192.0.2.1" in (folder / "probe.log").read_text(), "the outbound guard does not see connections"
     port, log = _free_port(), folder / "server.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "iwin_models.cli", "demo", "--model", str(mini), "--host",
+        proc = subprocess.Popen([sys.executable, "-m", "iwin_models.apps.cli", "demo", "--model", str(mini), "--host",
                                  "127.0.0.1", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env,
                                 cwd=folder)
     url = f"http://127.0.0.1:{port}/"

@@ -15,11 +15,11 @@ import torch
 from conftest import MINI, REPO
 from test_data import make_ade20k, make_folder
 
-from iwin_models import cli
-from iwin_models.data import ADE20KDataset, FolderSegmentationDataset
-from iwin_models.evaluation import IoUMetric, evaluate, format_results
-from iwin_models.layers.twin import CpuTwin
-from iwin_models.segmenter import IwinUPerNet
+from iwin_models.apps import cli
+from iwin_models.data.datasets import ADE20KDataset, FolderSegmentationDataset
+from iwin_models.engine.evaluation import IoUMetric, evaluate, format_results
+from iwin_models.fast.twin import CpuTwin
+from iwin_models.models.upernet import IwinUPerNet
 
 
 def numpy_reference(preds, targets, num_classes: int, ignore: int = 255) -> dict:
@@ -115,7 +115,7 @@ def data(tmp_path_factory) -> dict:
 
 
 def test_evaluate_with_oracle_and_wrong_predictions(data, monkeypatch):
-    import iwin_models.inference as inference
+    import iwin_models.engine.inference as inference
 
     ds = FolderSegmentationDataset(data["images"], data["labels"], CLASSES)
     model = data["model5"]
@@ -155,7 +155,7 @@ def test_evaluate_with_oracle_and_wrong_predictions(data, monkeypatch):
 
 
 def test_evaluate_real_model_equals_manual_loop(data):
-    from iwin_models.inference import segment
+    from iwin_models.engine.inference import segment
 
     ds = FolderSegmentationDataset(data["images"], data["labels"], CLASSES)
     model = data["model5"]
@@ -218,7 +218,7 @@ def test_cli_eval_two_processes_match_one(data, tmp_path, capsys):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env["CUDA_VISIBLE_DEVICES"] = ""  # gloo on CPU, whatever the machine has
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "iwin_models.cli", *_eval_args(data, two_json, tmp_path / "two")]
+           "-m", "iwin_models.apps.cli", *_eval_args(data, two_json, tmp_path / "two")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 processes" in proc.stdout and proc.stdout.count("aAcc ") == 1  # rank 0 prints, once

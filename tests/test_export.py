@@ -14,9 +14,10 @@ import pytest
 import torch
 from conftest import MINI, REPO, _fixtures_dir
 
-from iwin_models.cli import main as cli_main
-from iwin_models.export import dynamic_tracing, export_onnx, export_program
-from iwin_models.segmenter import IwinUPerNet, load_segmenter_weights
+from iwin_models.apps.cli import main as cli_main
+from iwin_models.interop.export import dynamic_tracing, export_forms, export_onnx, export_program
+from iwin_models.models.segmenters import load_segmenter_weights
+from iwin_models.models.upernet import IwinUPerNet
 
 H, W = 97, 131
 DYNAMIC_SIZES = [(1, 512, 512), (1, 500, 683), (1, 333, 1024), (2, H, W)]  # (batch, height, width)
@@ -106,8 +107,8 @@ def test_cli_export_checks_the_onnx_extra_before_loading_the_model(tmp_path, cap
     official Iwin-T took 28 s to load before the old message came)."""
     import sys
 
-    import iwin_models.cli.common as common
-    import iwin_models.segmenter as segmenter
+    import iwin_models.apps.cli.common as common
+    import iwin_models.models.upernet as segmenter
 
     monkeypatch.setitem(sys.modules, missing, None)  # what `import <missing>` meets when it is not installed
     built = []
@@ -126,7 +127,7 @@ def test_cli_export_checks_the_onnx_extra_before_loading_the_model(tmp_path, cap
 def test_cli_export_program_does_not_need_the_onnx_extra(tmp_path, capsys, monkeypatch):
     import sys
 
-    import iwin_models.cli.common as common
+    import iwin_models.apps.cli.common as common
 
     monkeypatch.setitem(sys.modules, "onnxscript", None)
     calls = []
@@ -143,7 +144,7 @@ def test_cli_export_program_does_not_need_the_onnx_extra(tmp_path, capsys, monke
 def test_export_onnx_in_python_names_the_extra(mini, tmp_path, monkeypatch):
     import sys
 
-    from iwin_models.export import require_onnx
+    from iwin_models.interop.export import require_onnx
 
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(ImportError, match=r"\(onnx not installed\): pip install 'iwin-models\[onnx\]'"):
@@ -249,7 +250,7 @@ def test_torch_compile_dynamic_three_sizes_one_compilation(mini):
         return gm.forward
 
     torch.compiler.reset()
-    compiled = torch.compile(mini, dynamic=True, backend=counting_backend)
+    compiled = torch.compile(export_forms(mini), dynamic=True, backend=counting_backend)
     counts = []
     for height, width in [(H, W), (128, 96), (75, 150)]:  # batch 1: dynamo specialises sizes 0 and 1
         x = _input(1, height, width)
@@ -269,7 +270,8 @@ def test_onnx_example_gives_the_labels_of_segment(dynamic_onnx, mini, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from iwin_models.inference import SAMPLE_IMAGE, segment
+    from iwin_models.data import SAMPLE_IMAGE
+    from iwin_models.engine.inference import segment
 
     example, out = REPO / "examples" / "onnx_inference.py", tmp_path / "labels.png"
     no_torch = ("import runpy, sys; sys.modules['torch'] = None; "  # any `import torch` raises ImportError
@@ -310,7 +312,7 @@ def test_dynamic_export_refuses_a_model_that_pins_a_size(tmp_path):
 def test_program_guards_reads_the_guards_and_says_where_torch_moved_them(mini):
     """The one use of the program's private guards: real programs have them; a program without them is an
     error that names the function, never a dynamic graph taken on trust."""
-    from iwin_models.export import program_guards
+    from iwin_models.interop.export import program_guards
 
     program = export_program(mini, 64, 96, dynamic=True)
     assert program_guards(program) == []
@@ -323,3 +325,78 @@ def test_program_guards_reads_the_guards_and_says_where_torch_moved_them(mini):
 
     with pytest.raises(RuntimeError, match="program_guards"):
         program_guards(Moved())
+
+
+def test_dynamic_tracing_sets_size_oblivious_tracing_only():
+    """The context of dynamic export is torch's size-oblivious mode, and nothing a forward reads."""
+    from torch.fx.experimental import _config as shapes_config
+
+    assert not shapes_config.backed_size_oblivious
+    with dynamic_tracing():
+        assert shapes_config.backed_size_oblivious
+        with dynamic_tracing(False):  # a no-op: the outer context stays
+            assert shapes_config.backed_size_oblivious
+    assert not shapes_config.backed_size_oblivious
+    with pytest.raises(KeyError), dynamic_tracing():
+        raise KeyError("the flag is reset on the way out of an error")
+    assert not shapes_config.backed_size_oblivious
+
+
+def test_size_oblivious_tracing_says_where_torch_moved_it(monkeypatch):
+    """The one use of torch's private shapes config fails with a clear message when torch renames it."""
+    from torch.fx.experimental import _config as shapes_config
+
+    from iwin_models.interop.export import size_oblivious_tracing
+
+    monkeypatch.delattr(shapes_config, "backed_size_oblivious", raising=False)
+    with pytest.raises(RuntimeError, match="backed_size_oblivious"):
+        size_oblivious_tracing()
+
+
+def test_export_forms_are_set_on_a_copy_sharing_the_weights(mini, image):
+    """``export_forms`` converts a copy: the model keeps its plain forms, the copy computes the same logits."""
+    exported = export_forms(mini)
+    flagged = [name for name, m in mini.named_modules() if getattr(m, "export_form", False)]
+    assert flagged == [], flagged
+    forms = [m for m in exported.modules() if hasattr(m, "export_form")]
+    assert forms and all(m.export_form for m in forms)
+    assert {p.data_ptr() for p in exported.parameters()} == {p.data_ptr() for p in mini.parameters()}
+    with torch.no_grad():
+        torch.testing.assert_close(exported(image), mini(image), atol=1e-5, rtol=1e-5)
+
+
+def test_a_thread_exporting_leaves_another_threads_forwards_bitwise_unchanged(mini):
+    """No global is read in a forward: a dynamic export in one thread (its forms, its size-oblivious tracing) does
+    not change what forwards compute in another thread at the same time (the export forms differ from the plain
+    ones by ~3e-6, which a flag read in a forward would let through). Two things of torch's own are held fixed, so
+    that what is measured is the package: one intra-op thread (with more, two threads sharing the pool make float32
+    reductions differ by ~3e-6 whatever the model reads), and oneDNN off throughout (torch.export turns oneDNN and
+    cuDNN off process-wide while it traces, seen on torch 2.14, which moves every thread's convolutions to the
+    native kernels for that time)."""
+    import threading
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.backends.mkldnn.flags(enabled=False):
+            x = _input(1, 75, 101)
+            with torch.no_grad():
+                expected = mini(x)
+            errors, outputs = [], []
+
+            def export_once():
+                try:
+                    export_program(mini, 97, 131, dynamic=True)
+                except Exception as e:  # surfaced below
+                    errors.append(e)
+
+            exporter = threading.Thread(target=export_once)
+            exporter.start()
+            with torch.no_grad():
+                while exporter.is_alive() or not outputs:  # forwards for the whole time of the export
+                    outputs.append(mini(x))
+            exporter.join()
+    finally:
+        torch.set_num_threads(threads)
+    assert not errors, errors
+    assert len(outputs) > 1 and all(torch.equal(out, expected) for out in outputs)

@@ -1,4 +1,4 @@
-"""The one atomic writer (``iwin_models.files.write_atomic``): content, open()'s mode, failures that leave the
+"""The one atomic writer (``iwin_models.io.files.write_atomic``): content, open()'s mode, failures that leave the
 old file, fsync of the file and its folder when durable, no umask change at import, the old import path."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from iwin_models import files
-from iwin_models.files import new_file_mode, write_atomic
+from iwin_models.io import files
+from iwin_models.io.files import new_file_mode, write_atomic
 
 
 def _umask_now() -> int:
@@ -109,17 +109,17 @@ def test_import_changes_no_umask():
     code = ("import os\n"
             "def refuse(mask): raise AssertionError('os.umask called at import')\n"
             "os.umask = refuse\n"
-            "import iwin_models, iwin_models.files, iwin_models.images, iwin_models.training, iwin_models.export\n"
+            "import iwin_models, iwin_models.io.files, iwin_models.io.images, iwin_models.engine.training\n"
+            "import iwin_models.interop.export\n"
             "print('imported')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0 and "imported" in proc.stdout, proc.stderr
 
 
-def test_old_import_path_warns_and_gives_the_same_objects():
-    with pytest.warns(DeprecationWarning, match=r"iwin_models.io is deprecated: use iwin_models.files.write_atomic"):
-        from iwin_models.io import write_atomic as old
-    assert old is files.write_atomic
-    with pytest.warns(DeprecationWarning, match="iwin_models.files.NEW_FILE_MODE"):
-        from iwin_models.io import NEW_FILE_MODE
-    assert NEW_FILE_MODE == new_file_mode()
-    assert not (REPO / "iwin_models" / "io.py").exists()  # no module named like the standard library's io
+def test_io_is_a_floor_without_old_names():
+    """``iwin_models.io`` is the floor of file reading and writing; the names it once forwarded are not kept."""
+    import iwin_models.io as io
+
+    assert io.write_atomic is files.write_atomic
+    assert not hasattr(io, "NEW_FILE_MODE") and not hasattr(files, "NEW_FILE_MODE")
+

@@ -13,9 +13,8 @@ import pytest
 import torch
 from _official import official_upernet_checkpoint, random_state_dict_from_manifest
 
-from iwin_models.cli import main as cli
-from iwin_models.segmenter import SEGMENTERS
-from iwin_models.weights import AUTHORS_TERMS
+from iwin_models.apps.cli import main as cli
+from iwin_models.models.weights import AUTHORS_TERMS, SEGMENTERS
 
 KINDS = ("smp", "transformers", "timm")
 SNIPPET_TIMEOUT = 600
@@ -94,7 +93,7 @@ def test_a_direct_save_pretrained_card_runs_as_written(tmp_path):
     """Not only ``convert``'s folders: a model a user fine-tuned and saved has a card whose snippet runs."""
     from conftest import MINI
 
-    from iwin_models.segmenter import IwinUPerNet
+    from iwin_models.models.upernet import IwinUPerNet
 
     where = tmp_path / "mine"
     model = IwinUPerNet("iwin_tiny", encoder_kwargs=MINI, decoder_channels=16, aux_channels=0, classes=150)

@@ -1,4 +1,4 @@
-"""Image decoding in ``iwin_models.images``: the size check before decoding, PIL's limit replaced, the
+"""Image decoding in ``iwin_models.io.images``: the size check before decoding, PIL's limit replaced, the
 modules that read images through it, and the old import path ``iwin_models.io`` (warns, same objects)."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
-import iwin_models.images as images
+import iwin_models.io.images as images
 
 
 def _png_header(path, width: int, height: int):
@@ -31,7 +31,7 @@ def test_an_image_over_the_limit_is_refused_from_its_header(tmp_path):
     assert images.image_size(bomb) == (50000, 50000)
     with pytest.raises(images.ImageTooLargeError, match=r"bomb.png: image of 50000x50000 pixels \(2500 MP, 7.0 GiB"):
         images.load_image(bomb)
-    with pytest.raises(ValueError, match="iwin_models.images.MAX_IMAGE_PIXELS"):  # a ValueError: the CLI goes on
+    with pytest.raises(ValueError, match="iwin_models.io.images.MAX_IMAGE_PIXELS"):  # a ValueError: the CLI goes on
         images.read_image_file(bomb, lambda img: img, kind="label")
 
 
@@ -57,7 +57,7 @@ def test_default_limit_admits_aerial_tiles():
 
 def test_data_and_inference_read_through_this_module(tmp_path):
     import iwin_models.data as data
-    import iwin_models.inference as inference
+    import iwin_models.engine.inference as inference
 
     assert inference.load_image is images.load_image and inference.read_image_file is images.read_image_file
     rgb = np.random.default_rng(0).integers(0, 255, (9, 11, 3), dtype=np.uint8)
@@ -83,34 +83,3 @@ def test_sixteen_bit_images_scale_to_eight_bits_and_labels_keep_their_values(tmp
 
 def _python(*args: str, code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-
-
-def test_old_import_path_warns_under_w_error():
-    """``from iwin_models.io import load_image`` is a DeprecationWarning naming the new home: an error under
-    ``-W error::DeprecationWarning``, a warning and the same objects otherwise."""
-    old = "from iwin_models.io import load_image, read_image_file, write_atomic, NEW_FILE_MODE, MAX_IMAGE_PIXELS\n"
-    strict = _python("-W", "error::DeprecationWarning", code="import iwin_models\n" + old)
-    assert strict.returncode == 1, strict.stdout + strict.stderr
-    assert "DeprecationWarning: iwin_models.io is deprecated: use iwin_models.images.load_image" in strict.stderr
-    same = ("import iwin_models.images as images, iwin_models.files as files\n"
-            "assert load_image is images.load_image and read_image_file is images.read_image_file\n"
-            "assert write_atomic is files.write_atomic and NEW_FILE_MODE == files.new_file_mode()\n"
-            "assert MAX_IMAGE_PIXELS == images.MAX_IMAGE_PIXELS\n"
-            "import iwin_models.io as io\n"
-            "io.MAX_IMAGE_PIXELS = 1234\n"
-            "assert images.MAX_IMAGE_PIXELS == 1234  # setting it through the old name sets the limit used\n"
-            "print('same objects')")
-    lenient = _python("-W", "default::DeprecationWarning", code=old + same)
-    assert lenient.returncode == 0 and "same objects" in lenient.stdout, lenient.stderr
-    for name in ("images.load_image", "images.read_image_file", "files.write_atomic", "files.NEW_FILE_MODE"):
-        assert f"use iwin_models.{name}" in lenient.stderr, name
-
-
-def test_old_module_has_only_the_moved_names():
-    with pytest.warns(DeprecationWarning):
-        import iwin_models.io as io
-        assert io.image_size is images.image_size
-    with pytest.raises(AttributeError, match="no attribute 'decode'"):
-        io.decode  # noqa: B018
-    assert "load_image" in dir(io) and "write_atomic" in dir(io)
-    assert not (REPO / "iwin_models" / "io.py").exists()

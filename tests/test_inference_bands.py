@@ -18,11 +18,11 @@ import torch
 from conftest import MINI, REPO
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import iwin_models.bands as bands
-import iwin_models.inference as inference
-from iwin_models.inference import predict, predict_probs, segment
-from iwin_models.segmenter import IwinUPerNet
-from iwin_models.weights import ADE20K_PROTOCOL, EvalProtocol
+import iwin_models.engine.bands as bands
+import iwin_models.engine.inference as inference
+from iwin_models.engine.inference import predict, predict_probs, segment
+from iwin_models.models.upernet import IwinUPerNet
+from iwin_models.models.weights import ADE20K_PROTOCOL, EvalProtocol
 
 CLASSES = 150
 
@@ -200,7 +200,7 @@ def test_the_onnx_example_restates_the_protocol():
 @pytest.fixture
 def conversions(monkeypatch):
     """Each optimize_for_cpu call made by inference: (keyword arguments, the model it returned)."""
-    import iwin_models.optimize as optimize
+    import iwin_models.fast.optimize as optimize
 
     calls, depth, real = [], [], optimize.optimize_for_cpu
 
@@ -219,7 +219,7 @@ def conversions(monkeypatch):
 
 
 def test_fast_twins_by_default_on_the_cpu_once_a_call(model, conversions):
-    from iwin_models.layers.twin import CpuTwin
+    from iwin_models.fast.twin import CpuTwin
 
     image = _rgb(30, 40)
     labels, confidence = predict(model, image, scale=(64, 48), aug=True, return_confidence=True)  # 12 passes
@@ -235,7 +235,7 @@ def test_fast_twins_by_default_on_the_cpu_once_a_call(model, conversions):
 
 
 def test_fast_paths_switched_off_run_the_model_as_given(model, conversions):
-    from iwin_models.layers.config import fast_paths
+    from iwin_models.fast.config import fast_paths
 
     with fast_paths(False):  # as IWIN_FAST_PATH=0
         segment(model, _rgb(20, 30), scale=(32, 32))
@@ -246,7 +246,7 @@ def test_fast_paths_switched_off_run_the_model_as_given(model, conversions):
 
 @pytest.mark.parametrize("error", [TypeError, ValueError])  # nothing to convert; a part the twins cannot stand in
 def test_a_model_the_twins_refuse_runs_plain(model, monkeypatch, error):
-    import iwin_models.optimize as optimize
+    import iwin_models.fast.optimize as optimize
 
     def refuse(m, **kwargs):
         raise error("cannot convert: the reason")

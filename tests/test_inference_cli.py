@@ -12,10 +12,10 @@ import torch
 from conftest import MINI, REPO
 from PIL import Image
 
-import iwin_models.images as images
-import iwin_models.inference as inference
-from iwin_models.cli import main as cli
-from iwin_models.segmenter import IwinUPerNet
+import iwin_models.engine.inference as inference
+import iwin_models.io.images as images
+from iwin_models.apps.cli import main as cli
+from iwin_models.models.upernet import IwinUPerNet
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_one_stem_twice_in_a_folder_is_named_by_the_whole_file_name(model_dir, t
 
 
 def test_a_clash_that_remains_is_refused_before_any_work(model_dir, tmp_path, monkeypatch, capsys):
-    import iwin_models.cli.predict as predict
+    import iwin_models.apps.cli.predict as predict
 
     d = tmp_path / "photos"
     d.mkdir()
@@ -182,10 +182,10 @@ def test_torchrun_splits_the_images_and_writes_what_one_process_writes(folder, m
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     common = ["predict", str(folder), str(tmp_path / "more"), "--model", str(model_dir), "--device", "cpu",
               "--scale", "96", "64"]
-    one = subprocess.run([sys.executable, "-m", "iwin_models.cli", *common, "--out", str(tmp_path / "one")],
+    one = subprocess.run([sys.executable, "-m", "iwin_models.apps.cli", *common, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "iwin_models.cli", *common, "--out", str(tmp_path / "two")],
+                          "-m", "iwin_models.apps.cli", *common, "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, env=env)
     assert one.returncode == 2 and "1 of 6 images could not be read" in one.stderr, one.stderr
     assert two.returncode != 0 and "1 of 6 images could not be read" in two.stderr, two.stderr
@@ -202,8 +202,8 @@ def test_atomic_outputs_get_the_mode_open_would_give(tmp_path):
     """mkstemp makes 0o600 files; a renamed PNG or checkpoint must be readable as a plain write's is."""
     from PIL import Image
 
-    from iwin_models.cli.predict import save_atomic
-    from iwin_models.training import save_checkpoint
+    from iwin_models.apps.cli.predict import save_atomic
+    from iwin_models.engine.training import save_checkpoint
 
     umask = os.umask(0o022)
     os.umask(umask)
@@ -214,7 +214,7 @@ def test_atomic_outputs_get_the_mode_open_would_give(tmp_path):
 
 
 def test_names_differing_only_in_case_do_not_share_an_output():
-    from iwin_models.cli.predict import output_names
+    from iwin_models.apps.cli.predict import output_names
 
     d = Path("/photos")
     names = output_names([d / "X.jpg", d / "x.png"])  # one file, X_overlay.png, on macOS and Windows

@@ -11,10 +11,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iwin_models import iwin
-from iwin_models.layers import iwin_cpu
-from iwin_models.layers.interleave import map_from_windows, windows_from_map
-from iwin_models.layers.iwin_cpu import ALL_PATHS, CpuIwinBlock, CpuPatchEmbed
+from iwin_models.fast import iwin_cpu
+from iwin_models.fast.interleave import map_from_windows, windows_from_map
+from iwin_models.fast.iwin_cpu import ALL_PATHS, CpuIwinBlock, CpuPatchEmbed
+from iwin_models.models import iwin
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -177,7 +177,7 @@ def test_features_only_parity(golden_features, golden, case, path, monkeypatch):
     torch's ``F.linear``; inference in chunks of a few tokens or windows, hundreds per block here), the
     autograd path (never chunked) and the model file's plain definitional path."""
     from iwin_models import optimize_for_cpu
-    from iwin_models.layers import iwin_cpu
+    from iwin_models.fast import iwin_cpu
 
     if path == "small chunks":
         monkeypatch.setattr(iwin_cpu, "_CHUNK_BYTES", 4096)
@@ -333,7 +333,7 @@ def test_pretrained_cfg(name):
     arch, tag = name.split(".")
     assert cfg.url.startswith(RELEASE)
     file = cfg.url[len(RELEASE):]
-    from iwin_models.segmenter import AUTHORS_TERMS
+    from iwin_models.models.weights import AUTHORS_TERMS
 
     assert cfg.license == AUTHORS_TERMS.hub_license == "other"  # research MIT, commercial by agreement
     assert cfg.paper_ids

@@ -22,7 +22,7 @@ def _largest(t: torch.Tensor) -> float:
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_equals_torch_linear_with_gradients(shape, bias):
     """Large enough for oneDNN (>= 4M multiply-adds), except the empty and the 3-row input."""
-    from iwin_models.layers.linear import linear
+    from iwin_models.fast.linear import linear
 
     torch.manual_seed(0)
     x = torch.randn(64, 512).t() if shape == "transposed" else torch.randn(shape)  # also a non-contiguous input
@@ -43,7 +43,7 @@ def test_linear_equals_torch_linear_with_gradients(shape, bias):
 
 
 def test_linear_takes_onednn_only_for_float32_cpu_outside_autocast(monkeypatch):
-    from iwin_models.layers.linear import linear
+    from iwin_models.fast.linear import linear
 
     x, w, b = torch.randn(512, 64), torch.randn(128, 64), torch.randn(128)
     kernels = _kernels(lambda: linear(x, w, b))
@@ -66,7 +66,7 @@ def test_linear_takes_onednn_only_for_float32_cpu_outside_autocast(monkeypatch):
 
 def test_linear_rejects_a_wrong_width_like_torch():
     """A map whose width does not match the layer must fail, even where its size would reshape."""
-    from iwin_models.layers.linear import linear
+    from iwin_models.fast.linear import linear
 
     x, w = torch.randn(1, 64, 64, 96), torch.randn(256, 64)  # 64*64*96 rows of 64 would fit
     with pytest.raises(RuntimeError, match="cannot be multiplied"):

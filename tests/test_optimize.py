@@ -15,10 +15,10 @@ from conftest import MINI
 from test_segmenter import TOL, full_size, mini_segmenter
 
 from iwin_models import IwinUPerNet, optimize_for_cpu, restore_plain
-from iwin_models.layers.config import fast_paths
-from iwin_models.layers.iwin_cpu import CpuIwinBlock, CpuPatchEmbed
-from iwin_models.layers.twin import CpuTwin
-from iwin_models.segmenter import load_segmenter_weights
+from iwin_models.fast.config import fast_paths
+from iwin_models.fast.iwin_cpu import CpuIwinBlock, CpuPatchEmbed
+from iwin_models.fast.twin import CpuTwin
+from iwin_models.models.segmenters import load_segmenter_weights
 
 
 def _twins(model: nn.Module) -> dict[str, type]:
@@ -172,7 +172,7 @@ def test_torch_compile_of_a_converted_segmenter_runs_its_twins_eagerly():
 
 
 def test_wants_cpu_twins_is_the_one_default_of_segment_and_the_commands():
-    from iwin_models.optimize import wants_cpu_twins
+    from iwin_models.fast.optimize import wants_cpu_twins
 
     model = timm.create_model("iwin_tiny", **MINI)
     assert wants_cpu_twins(model)

@@ -13,7 +13,7 @@ from conftest import MINI
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from iwin_models import IwinUPerNet
-from iwin_models.layers.iwin_cpu import CpuIwinBlock, CpuPatchEmbed
+from iwin_models.fast.iwin_cpu import CpuIwinBlock, CpuPatchEmbed
 
 
 def _fake_cuda(build):

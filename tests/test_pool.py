@@ -21,16 +21,17 @@ def _targets(program) -> set[str]:
     return {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
 
 
-def test_pool_is_recorded_with_averaging_matrices_inside_dynamic_tracing_only():
-    """Eager and plain export: PyTorch's kernel; the export entry points' context (``dynamic_tracing()``):
+def test_pool_is_recorded_with_averaging_matrices_in_its_export_form_only():
+    """Eager and plain export: PyTorch's kernel; the export form (set by ``export_forms`` on a copy of the model):
     the averaging matrices (ONNX would fix GatherND indices to the traced size)."""
-    from iwin_models.layers.config import dynamic_tracing
+    from iwin_models.interop.export import export_forms
     from iwin_models.layers.pool import AdaptiveAvgPool2d
 
     pool, x = AdaptiveAvgPool2d(3), torch.randn(2, 4, 10, 11)
     assert torch.equal(pool(x), F.adaptive_avg_pool2d(x, 3))
     assert any("adaptive" in t for t in _targets(torch.export.export(pool, (x,))))
-    with dynamic_tracing():
-        program = torch.export.export(pool, (x,))
+    exported = export_forms(pool)
+    assert exported.export_form and not pool.export_form  # a copy: the module itself is untouched
+    program = torch.export.export(exported, (x,))
     assert not any("adaptive" in t for t in _targets(program)), _targets(program)
     torch.testing.assert_close(program.module()(x), pool(x))

@@ -11,9 +11,9 @@ from conftest import MINI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iwin_models.iwin import deinterleave_windows, interleave_windows
-from iwin_models.layers import iwin_cpu
-from iwin_models.segmenter import IwinUPerNet
+from iwin_models.fast import iwin_cpu
+from iwin_models.models.iwin import deinterleave_windows, interleave_windows
+from iwin_models.models.upernet import IwinUPerNet
 
 # the autouse TORCH_HOME fixture is function-scoped; it does not matter between examples here
 DEFAULT_CHUNK_BYTES = iwin_cpu._CHUNK_BYTES
@@ -131,7 +131,7 @@ def test_attention_equals_padding_first(h, w, ws, heads, small_chunks, monkeypat
     """Our attention, plain and fast (qkv before padding, proj after cropping, windows attended a few at
     a time in inference), equals the official order: pad the normalised map with zeros, qkv/attention/proj on
     every token, crop."""
-    from iwin_models.iwin import InterleavedAttention
+    from iwin_models.models.iwin import InterleavedAttention
 
     # (hypothesis examples share the monkeypatch: set it either way) 1000 bytes: one window per chunk
     monkeypatch.setattr(iwin_cpu, "_CHUNK_BYTES", 1000 if small_chunks else DEFAULT_CHUNK_BYTES)

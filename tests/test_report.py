@@ -1,5 +1,5 @@
 """The evaluation report: the confusion matrix and the worst images evaluate() keeps (one process, and two
-under gloo), the self-contained HTML page of iwin_models.report, and ``iwin-seg eval --report``."""
+under gloo), the self-contained HTML page of iwin_models.apps.report, and ``iwin-seg eval --report``."""
 from __future__ import annotations
 
 import base64
@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 from test_evaluation import CLASSES, folder_set
 
-from iwin_models import cli
-from iwin_models.evaluation import (
+from iwin_models.apps import cli
+from iwin_models.apps.report import PAGE_EDGE, most_confused, worst_panels, write_report
+from iwin_models.engine.evaluation import (
     IoUMetric,
     _WorstImages,
     evaluate,
@@ -27,7 +28,6 @@ from iwin_models.evaluation import (
     merge_worst,
     summary_line,
 )
-from iwin_models.report import PAGE_EDGE, most_confused, worst_panels, write_report
 
 C = 6
 NAMES = ["road", "car", "tree", "sky", "person", "sign"]
@@ -77,7 +77,7 @@ def _toy_model() -> torch.nn.Module:
 
 
 def _evaluate_toy(monkeypatch, ds: ToyDataset, **kwargs) -> dict:
-    import iwin_models.inference as inference
+    import iwin_models.engine.inference as inference
 
     monkeypatch.setattr(inference, "segment", lambda model, image, **kw: ds.prediction(int(image[0, 0, 0])))
     return evaluate(_toy_model(), ds, progress=False, fast=False, **kwargs)
@@ -122,7 +122,7 @@ def test_worst_images_are_the_lowest_accuracies(monkeypatch):
 
 
 def test_worst_keeps_at_most_n_maps_and_merges_across_processes(monkeypatch):
-    import iwin_models.evaluation as evaluation
+    import iwin_models.engine.evaluation as evaluation
 
     encoded = []
     real = evaluation._png_bytes
@@ -147,7 +147,7 @@ def _gloo_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> No
 
     import torch.distributed as dist
 
-    import iwin_models.inference as inference
+    import iwin_models.engine.inference as inference
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
@@ -280,7 +280,7 @@ def test_cli_eval_writes_the_report(folder, tmp_path, capsys):
 
 
 def test_cli_eval_report_needs_matplotlib_before_the_model(folder, tmp_path, capsys, monkeypatch):
-    import iwin_models.cli.eval as eval_command
+    import iwin_models.apps.cli.eval as eval_command
 
     loaded = []
     monkeypatch.setattr(eval_command, "resolve_model", lambda *a, **k: loaded.append(a) or pytest.fail("loaded"))

@@ -1,4 +1,4 @@
-"""The one model resolver (``iwin_models.resolve.load_segmenter``): the same things in Python and the CLI (a
+"""The one model resolver (``iwin_models.models.segmenters.load_segmenter``): the same things in Python and the CLI (a
 registered name, a weights file, the bare name of a file in the torch.hub cache, a ``save_pretrained`` folder, a
 Hugging Face hub repository through the offline cache), and the direction the weights travel.
 
@@ -21,13 +21,14 @@ import torch
 from conftest import MINI, REPO
 from PIL import Image
 
-import iwin_models.segmenter as segmenter
-from iwin_models import cli
-from iwin_models.checkpoint import CheckpointError, locate_weights, torch_hub_checkpoints
-from iwin_models.cli.common import resolve_model
-from iwin_models.resolve import load_segmenter
-from iwin_models.segmenter import IwinUPerNet
-from iwin_models.weights import SEGMENTERS
+import iwin_models.models.upernet as segmenter
+from iwin_models.apps import cli
+from iwin_models.apps.cli.common import resolve_model
+from iwin_models.io.checkpoint import CheckpointError, torch_hub_checkpoints
+from iwin_models.io.locate import locate_weights
+from iwin_models.models.segmenters import load_segmenter
+from iwin_models.models.upernet import IwinUPerNet
+from iwin_models.models.weights import SEGMENTERS
 
 TINY, SMALL = "iwin_tiny_upernet_ade20k", "iwin_small_upernet_ade20k"
 OFFICIAL = SEGMENTERS[TINY].file_name  # iwin_tiny_patch4_window7_512_ade20k_1k.pth
@@ -199,7 +200,7 @@ def test_the_cli_with_hf_hub_offline_in_a_fresh_interpreter(folder, tmp_path):
     _image(tmp_path / "x.png")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hf"), PYTHONPATH=str(REPO),
                OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "iwin_models.cli", "predict", str(tmp_path / "x.png"), "--model",
+    proc = subprocess.run([sys.executable, "-m", "iwin_models.apps.cli", "predict", str(tmp_path / "x.png"), "--model",
                            REPO_ID, "--out", str(tmp_path / "out"), "--scale", "64", "32", "--no-progress"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -236,7 +237,7 @@ def test_a_weights_file_alone_does_not_say_which_architecture(tmp_path):
 
 def test_the_weights_go_from_the_resolver_to_the_checkpoint_reader_not_through_the_factory(
         mini_registry, tmp_path, monkeypatch):
-    import iwin_models.resolve as resolve
+    import iwin_models.models.segmenters as resolve
 
     model = _registered_mini(3)
     torch.save(model.state_dict(), tmp_path / "tuned.pth")
@@ -260,7 +261,7 @@ def test_the_commands_only_call_the_resolver():
                "locate_weights", "load_url"}
     for command in ("common", "predict", "eval", "export", "train", "demo"):
         used = _calls(REPO / "iwin_models" / "cli" / f"{command}.py") & loaders
-        assert not used, f"cli/{command}.py calls {used}: the resolver (iwin_models.resolve) does that"
+        assert not used, f"cli/{command}.py calls {used}: the resolver (iwin_models.models.segmenters) does that"
     assert "load_segmenter" in _calls(REPO / "iwin_models" / "cli" / "common.py")
 
 

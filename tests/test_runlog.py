@@ -1,4 +1,4 @@
-"""The run log (iwin_models.runlog): the history file, TensorBoard event files with a purge on resume,
+"""The run log (iwin_models.engine.training.runlog): the history file, TensorBoard event files with a purge on resume,
 curves.png drawn off pyplot, one note per missing extra, nothing written where it is disabled (ranks > 0).
 Training runs that write it are in tests/test_training.py."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from iwin_models import runlog
-from iwin_models.runlog import RunLog, draw_curves, read_history, trim_history
+from iwin_models.engine.training import runlog
+from iwin_models.engine.training.runlog import RunLog, draw_curves, read_history, trim_history
 
 
 def _rows(steps, offset: float = 0.0) -> list[dict]:

@@ -20,16 +20,14 @@ from _official import official_upernet_checkpoint, random_state_dict_from_manife
 from conftest import MINI, REPO
 from PIL import Image
 
-from iwin_models import CheckpointError, ade20k
-from iwin_models.cli import main as cli
-from iwin_models.inference import load_image, predict_probs, segment
-from iwin_models.segmenter import (
-    SEGMENTERS,
-    IwinUPerNet,
-    create_segmenter,
-    load_segmenter_weights,
-    model_card_kwargs,
-)
+from iwin_models import CheckpointError
+from iwin_models.apps.cli import main as cli
+from iwin_models.data import ade20k
+from iwin_models.engine.inference import predict_probs, segment
+from iwin_models.io.images import load_image
+from iwin_models.models.segmenters import create_segmenter, load_segmenter_weights
+from iwin_models.models.upernet import IwinUPerNet
+from iwin_models.models.weights import SEGMENTERS, model_card_kwargs
 
 TOL = {"logits": 5e-5, "aux": 5e-5, "window12": 1e-4}
 
@@ -125,7 +123,7 @@ def test_manifests_load_strictly(fixtures_dir, name):
 # --- the registry as the segmenters see it (the registry itself: test_weights.py) ----------------------
 
 def test_docstrings_and_hub_help_are_written_from_the_registry(monkeypatch):
-    import iwin_models.segmenter as segmenter
+    import iwin_models.models.upernet as segmenter
 
     # torch.hub.help takes GitHub repositories only: hand it this checkout instead of a download
     monkeypatch.setattr(torch.hub, "_get_cache_or_reload", lambda *args, **kwargs: str(REPO))
@@ -157,7 +155,7 @@ def test_model_card_is_written_from_the_registry(mini, tmp_path):
 
 def test_official_backbone_names_are_ours(fixtures_dir):
     """ImageNet and mmseg-backbone layouts map onto exactly the timm model's names."""
-    from iwin_models.convert import convert_official_backbone
+    from iwin_models.models.keymaps import convert_official_backbone
 
     with torch.device("meta"):
         classifier = timm.create_model("iwin_tiny").state_dict()
@@ -212,7 +210,7 @@ def test_any_size_any_classes_train_batch1():
 def test_grad_checkpointing_is_exact_and_counts_batchnorm_once(monkeypatch):
     """Checkpointing the backbone and the decoder changes neither the outputs, the gradients
     nor the BatchNorm running statistics (the recomputation must not count the batch twice)."""
-    import iwin_models.segmenter as segmenter
+    import iwin_models.models.upernet as segmenter
 
     torch.manual_seed(0)
     plain = mini_segmenter(classes=5, encoder_kwargs=dict(drop_path_rate=0.2)).train()
@@ -245,7 +243,7 @@ def test_plain_decoder_is_smps_with_export_friendly_pools():
     from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
 
     from iwin_models.layers.pool import AdaptiveAvgPool2d
-    from iwin_models.segmenter import IwinUPerNetDecoder
+    from iwin_models.models.upernet.decoder import IwinUPerNetDecoder
 
     torch.manual_seed(0)
     channels = (3, 0, 32, 64, 128, 256)
@@ -256,14 +254,6 @@ def test_plain_decoder_is_smps_with_export_friendly_pools():
     features = [torch.randn(2, c, 67 // 2 ** i + 1, 45 // 2 ** i + 1) for i, c in enumerate(channels)]
     with torch.no_grad():
         assert torch.equal(ours(list(features)), smps(list(features)))
-
-
-def test_decoders_old_name_still_imports_with_a_deprecation_warning():
-    from iwin_models.segmenter import IwinUPerNetDecoder
-
-    with pytest.warns(DeprecationWarning, match="IwinUPerNetDecoder"):
-        from iwin_models.segmenter import UPerNetDecoderChannelsLast
-    assert UPerNetDecoderChannelsLast is IwinUPerNetDecoder
 
 
 def test_low_res_logits_are_what_forward_resizes(mini, golden):
@@ -514,7 +504,8 @@ def test_cli_errors_exit_2_without_traceback(tmp_path):
         (["predict", str(tmp_path / "x.jpg"), "--model", "iwin_nope"], "unknown model"),
         (["flops", "--model", "resnet_nope"], "unknown model"),
     ]:
-        r = subprocess.run([sys.executable, "-m", "iwin_models.cli", *argv], capture_output=True, text=True, env=env)
+        r = subprocess.run([sys.executable, "-m", "iwin_models.apps.cli", *argv], capture_output=True, text=True,
+                           env=env)
         assert r.returncode == 2, r.stderr
         assert needle in r.stderr and "Traceback" not in r.stderr
 

@@ -20,11 +20,11 @@ import pytest
 import torch
 from PIL import Image
 
-from iwin_models import training
-from iwin_models.cli import train as train_cli
+from iwin_models.apps.cli import train as train_cli
+from iwin_models.engine import training
+from iwin_models.engine.training.runlog import read_history
 from iwin_models.extras import missing
-from iwin_models.runlog import read_history
-from iwin_models.segmenter import IwinUPerNet
+from iwin_models.models.upernet import IwinUPerNet
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["background", "square", "disc", "triangle"]
@@ -92,7 +92,7 @@ def _train_args(shapes, model: Path, work_dir: Path, *extra: str) -> list[str]:
 
 def _miou(model, images: Path, labels: Path) -> tuple[float, float]:
     """(mIoU of the model, chance: the better of always-majority and uniform random guessing)."""
-    from iwin_models.ade20k import MEAN, STD
+    from iwin_models.data.ade20k import MEAN, STD
 
     n = len(CLASSES)
     inter, union, counts = np.zeros(n), np.zeros(n), np.zeros(n)
@@ -339,14 +339,6 @@ def test_cli_options_are_the_fields_of_the_config_and_the_build_options(capsys):
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("old, precision", [("--amp none", "fp32"), ("--amp bf16", "bf16"), ("--dtype fp16", "fp16")])
-def test_old_precision_spellings_still_parse_with_a_note(capsys, old, precision):
-    config = train_cli.config_from_args(_parser().parse_args(old.split()))
-    assert config.precision == precision
-    assert f"iwin-seg train: warning: {old.split()[0]} is deprecated; use --precision {precision}" in \
-        capsys.readouterr().err
-
-
 def test_config_validation_names_the_bad_field():
     for bad, message in [(dict(iters=0), "--iters must be positive"), (dict(log_interval=0), "--log-interval must"),
                          (dict(workers=-1), "--workers must not be negative"),
@@ -355,11 +347,8 @@ def test_config_validation_names_the_bad_field():
             training.TrainConfig(**bad).validate()
     with pytest.raises(ValueError, match="--crop-size must be positive"):
         train_cli.BuildOptions(crop_size=0).validate()
-    with pytest.warns(DeprecationWarning, match="use precision="):
-        assert training.TrainConfig(amp="none").precision == "fp32"
-    with pytest.warns(DeprecationWarning, match="PRECISIONS"):
-        assert training.AMP_DTYPES == {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    assert training.PRECISIONS == {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    with pytest.raises(TypeError, match="amp"):
+        training.TrainConfig(amp="none")  # one spelling: precision=
 
 
 class _Squares(torch.utils.data.Dataset):
@@ -577,7 +566,8 @@ def test_constructing_a_trainer_has_no_global_side_effect(tmp_path, deterministi
     torch.rand(5)  # some state of its own
     before = _global_state()
     config = training.TrainConfig(work_dir=str(tmp_path / "run"), deterministic=deterministic, seed=5, workers=0)
-    warns = pytest.warns(UserWarning, match=r"call iwin_models.training.setup\(config\) first") if deterministic \
+    warns = pytest.warns(UserWarning, match=r"call iwin_models.engine.training.setup\(config\) first") \
+        if deterministic \
         else contextlib.nullcontext()
     with warns:
         trainer = training.Trainer(model, _Squares(), config)
@@ -613,12 +603,12 @@ def test_setup_sets_the_process_up():
 def test_a_trainer_under_torchrun_without_setup_says_so(tmp_path, monkeypatch):
     model = IwinUPerNet(**TINY)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(RuntimeError, match=r"one of 2 \(torchrun\).*call iwin_models.training.setup\(config\)"):
+    with pytest.raises(RuntimeError, match=r"one of 2 \(torchrun\).*call iwin_models.engine.training.setup\(config\)"):
         training.Trainer(model, _Squares(), training.TrainConfig(work_dir=str(tmp_path)))
 
 
 def test_the_trainer_device_is_chosen_without_side_effects(monkeypatch):
-    from iwin_models.distributed import local_device
+    from iwin_models.engine.distributed import local_device
 
     def refuse(device):
         raise AssertionError("torch.cuda.set_device is setup()'s")
@@ -638,7 +628,7 @@ def test_the_trainer_device_is_chosen_without_side_effects(monkeypatch):
 def test_checkpoints_go_through_the_one_atomic_writer(tmp_path, monkeypatch):
     """save_checkpoint and the kept iter_N.pth copies are write_atomic(durable=True): open()'s mode, the
     file and its folder fsynced (tests/test_files.py); iter_N.pth is a hard link where possible."""
-    from iwin_models import files
+    from iwin_models.io import files
 
     calls = []
 

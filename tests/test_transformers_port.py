@@ -19,18 +19,18 @@ from conftest import MINI, REPO
 from safetensors.torch import load_file
 from test_segmenter import full_size, mini_segmenter
 
-from iwin_models import ade20k
-from iwin_models.checkpoint import load_segmenter_weights
-from iwin_models.cli import main as cli
-from iwin_models.hub import convert_segmenter
-from iwin_models.segmenter import SEGMENTERS, create_segmenter
-from iwin_models.transformers_port import (
+from iwin_models.apps.cli import main as cli
+from iwin_models.data import ade20k
+from iwin_models.interop.hf_transformers import (
     INSTALL_HINT,
     backbone_name,
     relative_error,
     save_transformers,
     transformers_state_dict,
 )
+from iwin_models.interop.hub import convert_segmenter
+from iwin_models.models.segmenters import create_segmenter, load_segmenter_weights
+from iwin_models.models.weights import SEGMENTERS
 
 transformers = pytest.importorskip("transformers")
 from transformers import UperNetForSemanticSegmentation  # noqa: E402
@@ -152,7 +152,7 @@ from transformers import AutoImageProcessor, pipeline
 from transformers.image_utils import load_image
 
 folder, out = sys.argv[1:]
-path = str(iwin_models.inference.SAMPLE_IMAGE)
+path = str(iwin_models.data.SAMPLE_IMAGE)
 segmenter = pipeline("image-segmentation", model=folder)
 image = load_image(path)  # what the pipeline reads
 labels = np.full((image.height, image.width), -1, dtype=np.int64)

@@ -14,8 +14,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from conftest import MINI
 
-from iwin_models.layers.upernet_cpu import CpuUPerNetDecoder
-from iwin_models.segmenter import IwinUPerNet, IwinUPerNetDecoder, load_segmenter_weights
+from iwin_models.fast.upernet_cpu import CpuUPerNetDecoder
+from iwin_models.models.segmenters import load_segmenter_weights
+from iwin_models.models.upernet import IwinUPerNet
+from iwin_models.models.upernet.decoder import IwinUPerNetDecoder
 
 CHANNELS = (3, 0, 32, 64, 128, 256)  # smp's encoder channels: input, the empty 1/2 level, the four stages
 PATHS = frozenset({"channels_last_decoder"})

@@ -1,4 +1,4 @@
-"""Pictures of class maps (``iwin_models.visualize``): colours, the blend, the legend, bounded temporaries."""
+"""Pictures of class maps (``iwin_models.apps.visualize``): colours, the blend, the legend, bounded temporaries."""
 from __future__ import annotations
 
 import tracemalloc
@@ -6,10 +6,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from iwin_models import ade20k
-from iwin_models.inference import colorize as colorize_from_inference
-from iwin_models.inference import overlay as overlay_from_inference
-from iwin_models.visualize import (
+from iwin_models.apps.visualize import (
     BLEND_ROWS,
     LEGEND_LINE,
     LEGEND_MIN_SHARE,
@@ -19,6 +16,9 @@ from iwin_models.visualize import (
     legend_entries,
     overlay,
 )
+from iwin_models.apps.visualize import colorize as colorize_from_inference
+from iwin_models.apps.visualize import overlay as overlay_from_inference
+from iwin_models.data import ade20k
 
 PALETTE = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (10, 20, 30)]
 NAMES = ["red ", "green", "blue", "dark"]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import REPO
 
-from iwin_models import ade20k
-from iwin_models.weights import (
+from iwin_models.data import ade20k
+from iwin_models.models.weights import (
     ADE20K_PROTOCOL,
     SEGMENTERS,
     EvalProtocol,
@@ -28,7 +28,7 @@ PUBLISHED = {
 
 
 def test_registry_holds_the_release_and_the_published_figures():
-    import iwin_models.weights as weights_module
+    import iwin_models.models.weights as weights_module
 
     source = Path(weights_module.__file__).read_text()
     assert list(SEGMENTERS) == list(PUBLISHED)
@@ -46,8 +46,8 @@ def test_registry_holds_the_release_and_the_published_figures():
 
 def test_the_segmenter_module_re_exports_the_registry():
     """Their home before the registry had its own module: the old imports keep working."""
-    import iwin_models.segmenter as segmenter
-    import iwin_models.weights as weights
+    import iwin_models.models.upernet as segmenter
+    import iwin_models.models.weights as weights
 
     old_home = ("EvalProtocol", "WeightsTerms", "SegmenterWeights", "SEGMENTERS", "AUTHORS_TERMS", "ADE20K_PROTOCOL",
                 "registered", "segmenter_table", "model_card_kwargs")
@@ -59,7 +59,7 @@ def test_the_segmenter_module_re_exports_the_registry():
 @pytest.mark.parametrize("name", list(SEGMENTERS))
 def test_registry_builds_the_published_models(name):
     """Heads and parameter count of the model built from each entry (on the meta device: no memory)."""
-    from iwin_models.segmenter import create_segmenter
+    from iwin_models.models.segmenters import create_segmenter
 
     with torch.device("meta"):
         model = create_segmenter(name, pretrained=False)
@@ -87,7 +87,7 @@ def test_registry_protocol_is_the_one_inference_runs():
     """As torchvision's ``Weights.transforms``: inference takes its test protocol from the registry."""
     import inspect
 
-    from iwin_models import inference
+    from iwin_models.engine import inference
 
     defaults = {name: inspect.signature(fn).parameters["protocol"].default
                 for name, fn in vars(inference).items()

@@ -1,13 +1,10 @@
-"""Fast paths and their switches, kept out of the model files (as ``timm.layers`` does).
+"""Model building blocks shared by the model families (as ``timm.layers``): input checks, the convolution and
+pooling forms a size-free exported graph needs, BatchNorm that tolerates 1x1 maps at batch 1."""
+from .checks import check_image_batch
+from .conv import conv2d_as_conv3d
+from .norm import BATCH_NORMS, PoolSafeBatchNorm2d, pool_safe_batchnorms, running_statistics_frozen
+from .pool import AdaptiveAvgPool2d, adaptive_avg_pool2d_by_averaging
+from .resize import resize_bilinear
 
-``config`` holds the global switches (which fast twins a conversion installs) and the dynamic-export
-context; ``twin`` the base of the CPU fast twins; ``iwin_cpu`` the twins of Iwin's patch embedding and
-block; ``upernet_cpu`` the twin of the UPerNet decoder; ``linear`` the oneDNN linear layer;
-``interleave`` the windows made without the padded map; ``pool`` the adaptive pooling that exports
-size-free.
-"""
-from .config import FAST_PATHS, dynamic_tracing, fast_paths, is_dynamic_tracing, set_fast_path, use_fast_path
-from .linear import linear, use_onednn_linears
-
-__all__ = ["FAST_PATHS", "dynamic_tracing", "fast_paths", "is_dynamic_tracing", "set_fast_path", "use_fast_path",
-           "linear", "use_onednn_linears"]
+__all__ = ["check_image_batch", "conv2d_as_conv3d", "BATCH_NORMS", "PoolSafeBatchNorm2d", "pool_safe_batchnorms",
+           "running_statistics_frozen", "AdaptiveAvgPool2d", "adaptive_avg_pool2d_by_averaging", "resize_bilinear"]

@@ -13,8 +13,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import is_dynamic_tracing
-
 __all__ = ["AdaptiveAvgPool2d", "adaptive_avg_pool2d_by_averaging"]
 
 
@@ -40,11 +38,15 @@ def adaptive_avg_pool2d_by_averaging(x: torch.Tensor, output_size: int | tuple[i
 
 
 class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
-    """``nn.AdaptiveAvgPool2d`` (no parameters, same state dict) that the export entry points record with
-    averaging matrices (inside ``dynamic_tracing()``)."""
+    """``nn.AdaptiveAvgPool2d`` (no parameters, same state dict) that pools with averaging matrices in its
+    ``export_form`` (set on a copy of the model by ``iwin_models.interop.export.export_forms``)."""
+
+    def __init__(self, output_size, export_form: bool = False):
+        super().__init__(output_size)
+        self.export_form = export_form
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            if is_dynamic_tracing() and self.output_size not in (1, (1, 1)):  # a global mean exports as it is
+            if self.export_form and self.output_size not in (1, (1, 1)):  # a global mean exports as it is
                 return adaptive_avg_pool2d_by_averaging(x, self.output_size)
         return F.adaptive_avg_pool2d(x, self.output_size)

@@ -1,7 +1,0 @@
-"""``python -m iwin_models.cli`` (and ``torchrun -m iwin_models.cli``): the ``iwin-seg`` command."""
-import sys
-
-from . import main
-
-if __name__ == "__main__":
-    sys.exit(main())
