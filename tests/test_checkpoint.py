@@ -27,12 +27,6 @@ def official(golden) -> dict:
     return torch.load(golden["upernet_ckpt"], weights_only=True)
 
 
-def test_the_old_import_is_the_same_function():
-    import iwin_models.models.upernet as segmenter
-
-    assert segmenter.load_segmenter_weights is load_segmenter_weights
-
-
 def test_mmseg_and_our_layouts_load_the_same_tensors(official, tmp_path):
     from safetensors.torch import save_file
 
@@ -90,7 +84,7 @@ def test_key_maps_and_checkpoint_reading_import_no_model_module():
 
     ours = lambda names: {n for n in names if n.startswith((".", "iwin_models"))}
     assert ours(imports(checkpoint)) == set()
-    assert ours(imports(convert)) == {".checkpoint"}
+    assert ours(imports(convert)) == {"..io.checkpoint"}
 
 
 # --- what a user names as weights -> the file (locate_weights, read_weights) -----------------------------

@@ -418,7 +418,7 @@ def _colorsys_saturation_hue(img: torch.Tensor, saturation, hue) -> torch.Tensor
 @pytest.mark.parametrize("saturation, hue", [(0.5, None), (1.5, None), (3.0, None), (0.0, None), (None, 17),
                                              (None, -18), (1.3, -5), (0.7, 11)])
 def test_photometric_saturation_and_hue_are_mmcvs_hsv_steps(saturation, hue):
-    from iwin_models.data import _saturation_and_hue
+    from iwin_models.data.transforms import _saturation_and_hue
 
     g = torch.Generator().manual_seed(0)
     img = torch.randint(0, 256, (3, 48, 40), generator=g).float()

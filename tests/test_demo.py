@@ -102,7 +102,7 @@ def test_the_result_is_segment_s_class_map_legend_and_sizes(session, reference):
     assert len([i for i, _ in result.legend if i is not None]) >= 3, "the mini model should find several classes"
     assert result.size == (640, 427) and result.shown_labels is result.labels  # small: shown as it is
     assert result.confidence.shape == (427, 640, 3) and 0 < result.mean_confidence <= 1
-    assert result.input_sizes == inference._scales(427, 640, False, None, demo.ADE20K_PROTOCOL)
+    assert result.input_sizes == inference.input_sizes(427, 640, False, None, demo.ADE20K_PROTOCOL)
     info = demo.info_markdown(result)
     assert "640 x 427 pixels" in info and "model input 767 x 512" in info and " s**" in info
 
@@ -115,7 +115,7 @@ def test_each_protocol_is_predict_s_with_the_model_s_protocol(mini, reference, t
     Image.fromarray(image).save(tmp_path / "noise.png")
     result = session.run_segmentation(tmp_path / "noise.png", protocol=protocol)
     assert np.array_equal(result.labels, segment(reference, image, aug=aug, slide=slide, protocol=small))
-    assert result.input_sizes == inference._scales(48, 80, aug, None, small)
+    assert result.input_sizes == inference.input_sizes(48, 80, aug, None, small)
 
 
 def test_exif_orientation_is_applied_once(session, reference, tmp_path):

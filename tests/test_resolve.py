@@ -21,7 +21,7 @@ import torch
 from conftest import MINI, REPO
 from PIL import Image
 
-import iwin_models.models.upernet as segmenter
+import iwin_models.models.segmenters as segmenter
 from iwin_models.apps import cli
 from iwin_models.apps.cli.common import resolve_model
 from iwin_models.io.checkpoint import CheckpointError, torch_hub_checkpoints
@@ -260,9 +260,9 @@ def test_the_commands_only_call_the_resolver():
     loaders = {"create_segmenter", "from_pretrained", "load_segmenter_weights", "read_checkpoint", "read_weights",
                "locate_weights", "load_url"}
     for command in ("common", "predict", "eval", "export", "train", "demo"):
-        used = _calls(REPO / "iwin_models" / "cli" / f"{command}.py") & loaders
+        used = _calls(REPO / "iwin_models" / "apps" / "cli" / f"{command}.py") & loaders
         assert not used, f"cli/{command}.py calls {used}: the resolver (iwin_models.models.segmenters) does that"
-    assert "load_segmenter" in _calls(REPO / "iwin_models" / "cli" / "common.py")
+    assert "load_segmenter" in _calls(REPO / "iwin_models" / "apps" / "cli" / "common.py")
 
 
 def test_a_bare_backbone_file_name_is_taken_from_the_torch_hub_cache(mini_registry, tmp_path, monkeypatch):

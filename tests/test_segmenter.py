@@ -123,7 +123,7 @@ def test_manifests_load_strictly(fixtures_dir, name):
 # --- the registry as the segmenters see it (the registry itself: test_weights.py) ----------------------
 
 def test_docstrings_and_hub_help_are_written_from_the_registry(monkeypatch):
-    import iwin_models.models.upernet as segmenter
+    import iwin_models.models.segmenters as segmenter
 
     # torch.hub.help takes GitHub repositories only: hand it this checkout instead of a download
     monkeypatch.setattr(torch.hub, "_get_cache_or_reload", lambda *args, **kwargs: str(REPO))
@@ -210,7 +210,7 @@ def test_any_size_any_classes_train_batch1():
 def test_grad_checkpointing_is_exact_and_counts_batchnorm_once(monkeypatch):
     """Checkpointing the backbone and the decoder changes neither the outputs, the gradients
     nor the BatchNorm running statistics (the recomputation must not count the batch twice)."""
-    import iwin_models.models.upernet as segmenter
+    import iwin_models.models.segmenters as segmenter
 
     torch.manual_seed(0)
     plain = mini_segmenter(classes=5, encoder_kwargs=dict(drop_path_rate=0.2)).train()

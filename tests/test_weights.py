@@ -44,16 +44,15 @@ def test_registry_holds_the_release_and_the_published_figures():
         assert weights.terms.hub_license == "other"  # not plain MIT
 
 
-def test_the_segmenter_module_re_exports_the_registry():
-    """Their home before the registry had its own module: the old imports keep working."""
-    import iwin_models.models.upernet as segmenter
+def test_the_registry_has_one_home():
+    """The registry lives in models/weights.py only; the factory module uses it without re-exporting it."""
+    import iwin_models.models.segmenters as segmenter
     import iwin_models.models.weights as weights
 
-    old_home = ("EvalProtocol", "WeightsTerms", "SegmenterWeights", "SEGMENTERS", "AUTHORS_TERMS", "ADE20K_PROTOCOL",
-                "registered", "segmenter_table", "model_card_kwargs")
-    assert set(old_home) <= set(weights.__all__)
-    for name in old_home:
-        assert getattr(segmenter, name) is getattr(weights, name), name
+    names = ("EvalProtocol", "WeightsTerms", "SegmenterWeights", "AUTHORS_TERMS", "ADE20K_PROTOCOL",
+             "segmenter_table", "model_card_kwargs")
+    assert set(names) <= set(weights.__all__)
+    assert not any(name in segmenter.__all__ for name in names)
 
 
 @pytest.mark.parametrize("name", list(SEGMENTERS))

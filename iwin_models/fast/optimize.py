@@ -104,9 +104,7 @@ def optimize_for_cpu(model: nn.Module, *, inplace: bool = True, exclude: Iterabl
     if problems:
         raise ValueError("optimize_for_cpu cannot convert this model; its fast twins would bypass:\n  "
                          + "\n  ".join(problems) + "\nRun it plain, or convert it before adapting those layers.")
-    if not inplace:
-        return optimize_for_cpu(shared_weights_copy(model), inplace=True, exclude=exclude)
-    return _convert(model, paths)
+    return _convert(model if inplace else shared_weights_copy(model), paths)
 
 
 def _problems(plain: nn.Module, where: str) -> list[str]:

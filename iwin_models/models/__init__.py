@@ -13,5 +13,5 @@ from .segmenters import (
 from .upernet import IwinUPerNet
 from .weights import SEGMENTERS
 
-__all__ = ["SEGMENTERS", "IwinTransformer", "IwinUPerNet", "create_segmenter", "load_segmenter", "iwin_tiny_upernet_ade20k",
-           "iwin_small_upernet_ade20k", "iwin_base_upernet_ade20k"]
+__all__ = ["SEGMENTERS", "IwinTransformer", "IwinUPerNet", "create_segmenter", "load_segmenter",
+           "iwin_tiny_upernet_ade20k", "iwin_small_upernet_ade20k", "iwin_base_upernet_ade20k"]

@@ -230,7 +230,8 @@ def _from_registry(name: str, start: str, num_classes: int | None, warn: bool, c
         create_kwargs["num_classes"] = num_classes
     if start == "official":
         create_kwargs.pop("encoder_pretrained", None)
-        return create_segmenter(name, pretrained=True, **create_kwargs)  # through the torch.hub cache
+        model = create_segmenter(name, pretrained=False, **create_kwargs)
+        return load_segmenter_weights(model, read_weights(SEGMENTERS[name].url))  # through the torch.hub cache
     if start == "imagenet":  # encoder_pretrained: True (timm's in1k weights), a path, or False (random backbone)
         backbone = create_kwargs.get("encoder_pretrained")
         if backbone is None:
@@ -251,10 +252,11 @@ def _registered_with_weights(name: str, where: WeightsLocation, num_classes: int
     if owner is not None and owner != name:
         raise ValueError(f"{where.source} is the official checkpoint of {owner}, not of {name}: "
                          f"ask for {owner} (iwin-seg: --model {owner})")
+    checkpoint = read_weights(where)  # read before building: a bad file fails fast
     create_kwargs.pop("encoder_pretrained", None)  # the segmenter checkpoint holds the backbone too
     if num_classes is not None:
         create_kwargs["num_classes"] = num_classes
-    return create_segmenter(name, weights=where, **create_kwargs)
+    return load_segmenter_weights(create_segmenter(name, pretrained=False, **create_kwargs), checkpoint)
 
 
 def _unknown(model: str, reason: str = "") -> ValueError:
