@@ -56,10 +56,10 @@ def test_default_limit_admits_aerial_tiles():
 
 
 def test_data_and_inference_read_through_this_module(tmp_path):
-    import iwin_models.data as data
+    import iwin_models.data.datasets as data
     import iwin_models.engine.inference as inference
 
-    assert inference.load_image is images.load_image and inference.read_image_file is images.read_image_file
+    assert inference.load_image is images.load_image
     rgb = np.random.default_rng(0).integers(0, 255, (9, 11, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "a.png")
     assert np.array_equal(data.read_image(tmp_path / "a.png"), rgb)
@@ -70,7 +70,7 @@ def test_data_and_inference_read_through_this_module(tmp_path):
 
 
 def test_sixteen_bit_images_scale_to_eight_bits_and_labels_keep_their_values(tmp_path):
-    import iwin_models.data as data
+    import iwin_models.data.datasets as data
 
     deep = (np.arange(12, dtype=np.uint16) * 5000).reshape(3, 4)  # up to 55000
     Image.fromarray(deep).save(tmp_path / "deep.png")
