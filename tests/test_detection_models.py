@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from iwin_models.checkpoint import CheckpointError
-from iwin_models.detection import (
+from iwin_models.io.checkpoint import CheckpointError
+from iwin_models.models.detection import (
     COCO_CATEGORY_IDS,
     COCO_CLASSES,
     build_detector,
@@ -16,7 +16,7 @@ from iwin_models.detection import (
     load_mmdet_checkpoint,
     to_mmdet_detector,
 )
-from iwin_models.detection.keymaps import meta_tensors
+from iwin_models.models.detection.keymaps import meta_tensors
 
 MINI = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), fpn_channels=32, fc_channels=64,
             conv_channels=32)
@@ -126,7 +126,7 @@ def test_coco_classes_are_the_checkpoints(fixtures_dir):
 
 def test_batched_nms_split_path_keeps_the_same_boxes():
     """Above ``split_thr`` boxes mmcv runs NMS class by class; the kept set is the offset trick's."""
-    from iwin_models.detection._utils import batched_nms
+    from iwin_models.models.detection._utils import batched_nms
 
     torch.manual_seed(0)
     xy = torch.rand(600, 2) * 100

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from iwin_models.detection import ScaledImageList, build_detector, load_mmdet_checkpoint
+from iwin_models.models.detection import ScaledImageList, build_detector, load_mmdet_checkpoint
 
 MODELS = ("mini_mask_rcnn", "mini_cascade_mask_rcnn")
 IMAGES = ("img_a", "img_b", "img_strip")
