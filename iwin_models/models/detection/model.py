@@ -12,11 +12,15 @@ size would change the features near the right and bottom borders.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from torch import Tensor
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
+from ...io.files import write_atomic
 from .anchors import UnroundedAnchorGenerator
 from .backbone import iwin_fpn
 from .cascade import CascadeRoIHeads
@@ -26,7 +30,19 @@ from .roi_heads import BackgroundLastRoIHeads
 from .rpn import RPNHead, SigmoidLevelNMSRPN
 from .transform import MMDetTestTransform, ScaledImageList
 
-__all__ = ["DetectorConfig", "VARIANTS", "IwinMaskRCNN", "IwinCascadeMaskRCNN", "build_detector"]
+__all__ = ["TestConfig", "DetectorConfig", "VARIANTS", "IwinMaskRCNN", "IwinCascadeMaskRCNN", "build_detector"]
+
+
+@dataclass(frozen=True)
+class TestConfig:
+    """The authors' ``test_cfg`` (the same in every Iwin detection config) and mask threshold."""
+    rpn_nms_pre: int = 1000  # per level, before the RPN's NMS
+    rpn_max_per_img: int = 1000  # proposals kept
+    rpn_iou_threshold: float = 0.7
+    score_thr: float = 0.05  # detections strictly above
+    nms_iou_threshold: float = 0.5  # per class
+    max_per_img: int = 100
+    mask_thr_binary: float = 0.5  # pasted probabilities >= this are "on"
 
 
 @dataclass(frozen=True)
@@ -43,6 +59,7 @@ class DetectorConfig:
     conv_channels: int = 256  # Cascade box-head convs and the mask head
     cascade: bool = False
     num_classes: int = 80
+    test_cfg: TestConfig = TestConfig()
 
 
 VARIANTS = {
@@ -55,7 +72,37 @@ VARIANTS = {
 
 class IwinMaskRCNN(GeneralizedRCNN):
     """Iwin + FPN Mask R-CNN (eval only for now). Parts: ``backbone`` (:class:`IwinFPN`), ``rpn``
-    (:class:`SigmoidLevelNMSRPN`), ``roi_heads`` (:class:`BackgroundLastRoIHeads`), ``transform``."""
+    (:class:`SigmoidLevelNMSRPN`), ``roi_heads`` (:class:`BackgroundLastRoIHeads`), ``transform``.
+
+    ``config`` is the :class:`DetectorConfig` it was built from; ``name`` the registered detector (or None),
+    ``class_names`` (0-based, background excluded) and ``category_ids`` (COCO ids) describe its classes
+    (None where unknown, e.g. re-initialised classifiers); ``card`` is the Markdown of its weights.
+    """
+
+    config: DetectorConfig
+    name: str | None = None
+    class_names: tuple[str, ...] | None = None
+    category_ids: tuple[int, ...] | None = None
+    card: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write ``config.json`` (name, architecture, classes), ``model.safetensors`` (this port's names) and a
+        ``README.md`` card to ``folder``; ``iwin_models.create_detector(name, weights=folder)`` reads it back."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = dict(name=self.name, num_classes=self.num_classes, class_names=_listed(self.class_names),
+                      category_ids=_listed(self.category_ids), architecture=asdict(self.config))
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        write_atomic(folder / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        write_atomic(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+        write_atomic(folder / "README.md", lambda tmp: Path(tmp).write_text(self.card or f"# {self.name}\n"))
+        return folder
 
     def forward(self, images: list[Tensor], targets=None) -> list[dict[str, Tensor]]:
         if self.training or targets is not None:
@@ -74,16 +121,22 @@ class IwinCascadeMaskRCNN(IwinMaskRCNN):
     """Iwin + FPN Cascade Mask R-CNN: the same wiring with :class:`CascadeRoIHeads`."""
 
 
+def _listed(values) -> list | None:
+    return None if values is None else list(values)
+
+
 def _roi_heads(cfg: DetectorConfig) -> BackgroundLastRoIHeads:
     c, fc, conv, n = cfg.fpn_channels, cfg.fc_channels, cfg.conv_channels, cfg.num_classes
     pools = MMDetRoIAlign(7), MMDetRoIAlign(14)
+    test = dict(score_thresh=cfg.test_cfg.score_thr, nms_thresh=cfg.test_cfg.nms_iou_threshold,
+                detections_per_img=cfg.test_cfg.max_per_img)
     if not cfg.cascade:
         return BackgroundLastRoIHeads(pools[0], shared_2fc_head(c, fc), BackgroundLastPredictor(fc, n),
-                                      pools[1], fcn_mask_head(c, conv), mask_predictor(conv, n))
+                                      pools[1], fcn_mask_head(c, conv), mask_predictor(conv, n), **test)
     stages = range(3)
     return CascadeRoIHeads(pools[0], [conv4_fc1_head(c, conv, fc) for _ in stages],
                            [BackgroundLastPredictor(fc, n) for _ in stages], pools[1],
-                           [fcn_mask_head(c, conv) for _ in stages], [mask_predictor(conv, n) for _ in stages])
+                           [fcn_mask_head(c, conv) for _ in stages], [mask_predictor(conv, n) for _ in stages], **test)
 
 
 def build_detector(variant: str | DetectorConfig = "tiny", cascade: bool = False, **overrides) -> IwinMaskRCNN:
@@ -94,6 +147,11 @@ def build_detector(variant: str | DetectorConfig = "tiny", cascade: bool = False
     backbone = iwin_fpn(cfg.backbone, cfg.fpn_channels, embed_dim=cfg.embed_dim, depths=cfg.depths,
                         num_heads=cfg.num_heads, window_size=cfg.window_size, drop_path_rate=cfg.drop_path_rate)
     anchors = UnroundedAnchorGenerator()
-    rpn = SigmoidLevelNMSRPN(anchors, RPNHead(cfg.fpn_channels, anchors.num_anchors_per_location()[0]))
+    test = cfg.test_cfg
+    rpn = SigmoidLevelNMSRPN(anchors, RPNHead(cfg.fpn_channels, anchors.num_anchors_per_location()[0]),
+                             nms_pre=test.rpn_nms_pre, max_per_img=test.rpn_max_per_img,
+                             iou_threshold=test.rpn_iou_threshold)
     cls = IwinCascadeMaskRCNN if cfg.cascade else IwinMaskRCNN
-    return cls(backbone, rpn, _roi_heads(cfg), MMDetTestTransform())
+    model = cls(backbone, rpn, _roi_heads(cfg), MMDetTestTransform(mask_threshold=test.mask_thr_binary))
+    model.config = cfg
+    return model
