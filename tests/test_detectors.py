@@ -22,10 +22,11 @@ from iwin_models.models.detection.weights import DOWNLOAD_BASE, detector_table
 
 MINI = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), fpn_channels=32, fc_channels=64,
             conv_channels=32)
-MINIS = {"mini_mask_rcnn": "iwin_tiny_mask_rcnn_coco_3x", "mini_cascade_mask_rcnn": "iwin_tiny_cascade_mask_rcnn_coco_3x"}
+MINIS = {"mini_mask_rcnn": "iwin_tiny_mask_rcnn_coco_3x",
+         "mini_cascade_mask_rcnn": "iwin_tiny_cascade_mask_rcnn_coco_3x"}
 RELEASED = ("iwin_tiny_mask_rcnn_coco_1x", "iwin_tiny_mask_rcnn_coco_3x", "iwin_small_mask_rcnn_coco_1x",
-            "iwin_small_mask_rcnn_coco_3x", "iwin_tiny_cascade_mask_rcnn_coco_1x", "iwin_tiny_cascade_mask_rcnn_coco_3x",
-            "iwin_small_cascade_mask_rcnn_coco_3x")
+            "iwin_small_mask_rcnn_coco_3x", "iwin_tiny_cascade_mask_rcnn_coco_1x",
+            "iwin_tiny_cascade_mask_rcnn_coco_3x", "iwin_small_cascade_mask_rcnn_coco_3x")
 UNRELEASED = ("iwin_small_cascade_mask_rcnn_coco_1x", "iwin_base_cascade_mask_rcnn_coco_3x")
 
 
