@@ -238,3 +238,44 @@ def test_reinitialised_classes_are_named_by_index(fx):
     found = detect(model, np.zeros((40, 50, 3), np.uint8), fast=False)
     assert found.class_names == ["class 0", "class 1"] and found.category_ids is None
     assert set(found.labels.tolist()) <= {0, 1}
+
+
+# --- CPU twins and export --------------------------------------------------------------------------------
+
+def test_optimize_for_cpu_converts_the_backbone_and_restores(fx):
+    from iwin_models.fast.twin import CpuTwin
+
+    model = _mini(fx)
+    fast = iwin_models.optimize_for_cpu(model, inplace=False)
+    twins = [name for name, m in fast.named_modules() if isinstance(m, CpuTwin)]
+    assert twins and all(name.startswith("backbone.body.") for name in twins)
+    assert not any(isinstance(m, CpuTwin) for m in model.modules())  # the model itself stays plain
+    x = torch.randn(1, 3, 97, 131, generator=torch.Generator().manual_seed(0))  # an odd size
+    with torch.no_grad():
+        plain, converted = model.backbone(x), fast.backbone(x)
+    error = max((plain[k] - converted[k]).abs().max().item() for k in plain)
+    print(f"optimize_for_cpu: pyramid max abs diff {error:.3g} at 97x131")
+    assert error <= 1e-4
+    image = fx / "images" / "img_b.png"
+    found, fast_found = detect(model, image, fast=False), detect(fast, image)
+    assert np.array_equal(found.labels, fast_found.labels)
+    box_error, score_error = (np.abs(found.boxes - fast_found.boxes).max(),
+                              np.abs(found.scores - fast_found.scores).max())
+    print(f"optimize_for_cpu: img_b detections: boxes {box_error:.3g} px, scores {score_error:.3g}")
+    assert box_error <= 1e-3 and score_error <= 1e-4
+    restored = iwin_models.restore_plain(fast)
+    assert not any(isinstance(m, CpuTwin) for m in restored.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in restored.state_dict().items())
+
+
+def test_backbone_and_fpn_export_for_any_size(fx):
+    from iwin_models.interop.export import export_detector_backbone
+
+    model = _mini(fx, "mini_cascade_mask_rcnn")
+    program = export_detector_backbone(model, 97, 131)
+    for size in ((64, 1344), (224, 320)):  # the debug image's padded input, and another
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            ours, exported = model.backbone(x), program.module()(x)
+        assert [tuple(t.shape) for t in exported] == [tuple(t.shape) for t in ours.values()]
+        assert max((a - b).abs().max().item() for a, b in zip(exported, ours.values())) <= 1e-4
