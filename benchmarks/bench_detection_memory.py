@@ -84,7 +84,8 @@ def main() -> None:
     print(f"{args.model} on {width}x{height} ({width * height / 1e6:.0f} MP): {result['detections']} detections; "
           f"RSS {result['rss_before_kib'] / 2**20:.2f} GiB after building the model, "
           f"peak {result['peak_kib'] / 2**20:.2f} GiB; growth {growth / 2**30:.2f} GiB = "
-          f"{growth / image_bytes:.1f}x the image's {image_bytes / 2**20:.0f} MiB, of which the returned masks {result['masks_bytes'] / 2**30:.2f} GiB "
+          f"{growth / image_bytes:.1f}x the image's {image_bytes / 2**20:.0f} MiB, of which the returned masks "
+          f"{result['masks_bytes'] / 2**30:.2f} GiB "
           f"({(growth - result['masks_bytes']) / image_bytes:.1f}x the image besides them)")
 
 
