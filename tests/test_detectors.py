@@ -279,3 +279,9 @@ def test_backbone_and_fpn_export_for_any_size(fx):
             ours, exported = model.backbone(x), program.module()(x)
         assert [tuple(t.shape) for t in exported] == [tuple(t.shape) for t in ours.values()]
         assert max((a - b).abs().max().item() for a, b in zip(exported, ours.values())) <= 1e-4
+
+
+def test_readme_table_is_the_registry():
+    from conftest import REPO
+
+    assert detector_table() in (REPO / "README.md").read_text(), "README.md: paste detector_table() over the old table"

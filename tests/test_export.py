@@ -108,7 +108,7 @@ def test_cli_export_checks_the_onnx_extra_before_loading_the_model(tmp_path, cap
     import sys
 
     import iwin_models.apps.cli.common as common
-    import iwin_models.models.upernet as segmenter
+    import iwin_models.models.segmenters as segmenter
 
     monkeypatch.setitem(sys.modules, missing, None)  # what `import <missing>` meets when it is not installed
     built = []
