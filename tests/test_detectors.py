@@ -162,6 +162,8 @@ def test_save_pretrained_round_trip(fx, tmp_path):
     three.class_names, three.category_ids = ("a", "b", "c"), None
     again = create_detector("iwin_tiny_mask_rcnn_coco_3x", weights=three.save_pretrained(tmp_path / "three"))
     assert again.num_classes == 3 and again.class_names == ("a", "b", "c") and again.category_ids is None
+    with pytest.raises(CheckpointError, match=r"Mask R-CNN checkpoint \(iwin_models names\), which does not fit"):
+        create_detector("iwin_tiny_cascade_mask_rcnn_coco_3x", weights=folder, **MINI)  # a folder of another detector
     from safetensors.torch import save_file
     save_file(to_mmdet_detector(model.state_dict()), tmp_path / "mmdet.safetensors")
     named = create_detector("iwin_tiny_mask_rcnn_coco_3x", weights=tmp_path / "mmdet.safetensors", **MINI)

@@ -42,6 +42,7 @@ class _Weights:
     class_names: tuple[str, ...] | None = None
     category_ids: tuple[int, ...] | None = None
     architecture: dict = dataclasses.field(default_factory=dict)  # DetectorConfig fields of a folder
+    name: str | None = None  # the registered detector a folder was saved from
 
     @property
     def num_classes(self) -> int | None:
@@ -109,7 +110,7 @@ def _read(weights) -> _Weights:
     meta = checkpoint.get("meta") or {}
     names = config.get("class_names", meta.get("CLASSES"))
     return _Weights(source, _our_names(checkpoint, source), _names(names), _names(config.get("category_ids")),
-                    dict(config.get("architecture") or {}))
+                    dict(config.get("architecture") or {}), config.get("name"))
 
 
 def _names(values) -> tuple | None:
@@ -122,6 +123,14 @@ def _architecture(fields: dict) -> dict:
     if isinstance(out.get("test_cfg"), dict):
         out["test_cfg"] = TestConfig(**out["test_cfg"])
     return out
+
+
+def _folder_architecture(loaded: _Weights | None, name: str) -> dict:
+    """The widths a ``save_pretrained`` folder of ``name`` was built with (a folder of another detector gives
+    none: the strict fit then says what it holds)."""
+    if loaded is None or loaded.name != name:
+        return {}
+    return _architecture(loaded.architecture)
 
 
 def load_detector_weights(model: IwinMaskRCNN, weights: _Weights, reinit: bool = False) -> IwinMaskRCNN:
@@ -194,7 +203,7 @@ def create_detector(name: str, *, pretrained: bool = False, weights=None, num_cl
     if reinit:
         warnings.warn(f"{loaded.source} has {loaded.num_classes} classes and the model {given}: the body is loaded and "
                       f"the class-specific layers are re-initialised (train them before use)", stacklevel=2)
-    fields = {**(_architecture(loaded.architecture) if loaded else {}), **kwargs, "num_classes": num_classes}
+    fields = {**_folder_architecture(loaded, name), **kwargs, "num_classes": num_classes}
     cfg: DetectorConfig = spec.detector_config(**fields)
     model = build_detector(cfg, cascade=cfg.cascade)
     model.name, model.card = name, spec.card_section()
