@@ -1,7 +1,8 @@
 """Iwin Transformer for timm and segmentation-models-pytorch.
 
 ``import iwin_models`` registers the Iwin backbones with timm (``timm.create_model('iwin_tiny')``) and the
-segmenter class with smp (``smp.from_pretrained``). What is imported here is the public surface; the
+segmenter class with smp (``smp.from_pretrained``). The COCO detectors: ``create_detector(name)`` and ``detect(model,
+image)``. What is imported here is the public surface; the
 sub-packages (``models``, ``layers``, ``fast``, ``data``, ``io``, ``engine``, ``interop``, ``apps``) are the
 floors of the house (ARCHITECTURE.md).
 """
@@ -10,18 +11,32 @@ from .data.ade20k import CLASSES as ADE20K_CLASSES
 from .data.ade20k import MEAN as ADE20K_MEAN
 from .data.ade20k import PALETTE as ADE20K_PALETTE
 from .data.ade20k import STD as ADE20K_STD
+from .engine.detection import Detections, detect
 from .engine.evaluation import evaluate
 from .engine.inference import predict, segment
 from .fast import optimize_for_cpu, restore_plain
 from .interop.export import dynamic_tracing, export_forms, export_onnx, export_program
 from .io.checkpoint import CheckpointError
 from .models import (
+    DETECTORS,
     SEGMENTERS,
+    IwinCascadeMaskRCNN,
+    IwinMaskRCNN,
     IwinTransformer,
     IwinUPerNet,
+    create_detector,
     create_segmenter,
+    iwin_base_cascade_mask_rcnn_coco_3x,
     iwin_base_upernet_ade20k,
+    iwin_small_cascade_mask_rcnn_coco_1x,
+    iwin_small_cascade_mask_rcnn_coco_3x,
+    iwin_small_mask_rcnn_coco_1x,
+    iwin_small_mask_rcnn_coco_3x,
     iwin_small_upernet_ade20k,
+    iwin_tiny_cascade_mask_rcnn_coco_1x,
+    iwin_tiny_cascade_mask_rcnn_coco_3x,
+    iwin_tiny_mask_rcnn_coco_1x,
+    iwin_tiny_mask_rcnn_coco_3x,
     iwin_tiny_upernet_ade20k,
     load_segmenter,
 )
@@ -32,4 +47,9 @@ __all__ = [
     "iwin_small_upernet_ade20k", "iwin_base_upernet_ade20k", "segment", "predict", "evaluate", "optimize_for_cpu",
     "restore_plain", "export_onnx", "export_program", "export_forms", "dynamic_tracing", "CheckpointError",
     "SAMPLE_IMAGE", "ADE20K_CLASSES", "ADE20K_PALETTE", "ADE20K_MEAN", "ADE20K_STD", "SEGMENTERS", "__version__",
+    "DETECTORS", "IwinMaskRCNN", "IwinCascadeMaskRCNN", "create_detector", "detect", "Detections",
+    "iwin_tiny_mask_rcnn_coco_1x", "iwin_tiny_mask_rcnn_coco_3x", "iwin_small_mask_rcnn_coco_1x",
+    "iwin_small_mask_rcnn_coco_3x", "iwin_tiny_cascade_mask_rcnn_coco_1x", "iwin_tiny_cascade_mask_rcnn_coco_3x",
+    "iwin_small_cascade_mask_rcnn_coco_3x", "iwin_small_cascade_mask_rcnn_coco_1x",
+    "iwin_base_cascade_mask_rcnn_coco_3x",
 ]

@@ -83,8 +83,9 @@ def _replace(root: nn.Module, parent: nn.Module | None, attr: str, new: nn.Modul
 def optimize_for_cpu(model: nn.Module, *, inplace: bool = True, exclude: Iterable[str] = ()) -> nn.Module:
     """``model`` with the CPU fast twins in place of its plain modules (same outputs to float32 round-off).
 
-    Works on an Iwin backbone, a ``features_only`` model, an ``IwinUPerNet`` and an smp model with a
-    ``tu-iwin_*`` encoder. Idempotent; ``inplace=False`` converts a copy of the module tree that shares the
+    Works on an Iwin backbone, a ``features_only`` model, an ``IwinUPerNet``, an smp model with a
+    ``tu-iwin_*`` encoder and an Iwin (Cascade) Mask R-CNN (its backbone's patch embedding and blocks; the FPN and
+    heads stay as they are). Idempotent; ``inplace=False`` converts a copy of the module tree that shares the
     weights, leaving ``model`` plain. ``exclude`` names fast paths to leave out (``layers.config.FAST_PATHS``).
 
     Raises ValueError for a model on another device than the CPU, or with a part a twin would bypass (a

@@ -20,8 +20,8 @@ from ..extras import install_hint, require
 from ..fast.optimize import shared_weights_copy
 from ..io.files import write_atomic
 
-__all__ = ["export_onnx", "export_program", "export_forms", "dynamic_tracing", "size_oblivious_tracing",
-           "program_guards", "require_onnx", "ONNX_EXTRA"]
+__all__ = ["export_onnx", "export_program", "export_detector_backbone", "export_forms", "dynamic_tracing",
+           "size_oblivious_tracing", "program_guards", "require_onnx", "ONNX_EXTRA"]
 
 
 class _LogitsOnly(nn.Module):
@@ -33,6 +33,17 @@ class _LogitsOnly(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+
+class _PyramidOnly(nn.Module):
+    """A detector's backbone + FPN with a plain ``forward(x) -> (P2, P3, P4, P5, P6)`` (strides 4 to 64)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.backbone(x).values())
 
 
 def export_forms(model: nn.Module, *, inplace: bool = False) -> nn.Module:
@@ -97,7 +108,7 @@ def _example(model: nn.Module, height: int, width: int, batch: int = 1) -> torch
     return torch.randn(batch, in_chans, height, width, device=p.device, dtype=p.dtype)
 
 
-def _dynamic_shapes(dynamic: bool) -> tuple[dict, ...] | None:
+def _dynamic_shapes(dynamic: bool, min_size: int = 1, batch: bool = True) -> tuple[dict, ...] | None:
     """``dynamic_shapes`` for the one input: named ``Dim``s for batch, height and width, or None.
 
     Named dims (not ``Dim.AUTO``) make the export fail loudly if the model pins one of them to the
@@ -105,11 +116,12 @@ def _dynamic_shapes(dynamic: bool) -> tuple[dict, ...] | None:
     """
     if not dynamic:
         return None
-    return ({axis: torch.export.Dim(name, min=1) for axis, name in DYNAMIC_AXES.items()},)
+    return ({axis: torch.export.Dim(name, min=1 if axis == 0 else min_size) for axis, name in DYNAMIC_AXES.items()
+             if batch or axis != 0},)
 
 
-def _example_for(model: nn.Module, height: int, width: int, dynamic: bool) -> torch.Tensor:
-    return _example(model, height, width, batch=2 if dynamic else 1)
+def _example_for(model: nn.Module, height: int, width: int, dynamic: bool, batch: bool = True) -> torch.Tensor:
+    return _example(model, height, width, batch=2 if dynamic and batch else 1)
 
 
 def program_guards(program: torch.export.ExportedProgram) -> list[str]:
@@ -125,21 +137,37 @@ def program_guards(program: torch.export.ExportedProgram) -> list[str]:
     return list(program._guards_code or [])
 
 
-def export_program(model: nn.Module, height: int = 512, width: int = 512,
-                   dynamic: bool = False) -> torch.export.ExportedProgram:
+def export_program(model: nn.Module, height: int = 512, width: int = 512, dynamic: bool = False,
+                   min_size: int = 1, dynamic_batch: bool = True) -> torch.export.ExportedProgram:
     """``torch.export`` of ``model`` (eval mode); returns the program.
 
-    Input (1, C, height, width), or with ``dynamic=True`` any (N, C, H, W) (height and width only
-    size the example input). ``program.module()(x)`` gives the same logits as ``model(x)``.
+    Input (1, C, height, width), or with ``dynamic=True`` any (N, C, H, W) with H, W >= ``min_size`` (height
+    and width only size the example input; N is 1 without ``dynamic_batch``). ``program.module()(x)`` gives
+    the same logits as ``model(x)``.
     """
     model = export_forms(model.eval()) if dynamic else model.eval()
-    x = _example_for(model, height, width, dynamic)
+    x = _example_for(model, height, width, dynamic, dynamic_batch)
+    shapes = _dynamic_shapes(dynamic, min_size, dynamic_batch)
     with dynamic_tracing(dynamic):
-        program = torch.export.export(_LogitsOnly(model), (x,), dynamic_shapes=_dynamic_shapes(dynamic), strict=False)
+        program = torch.export.export(_LogitsOnly(model), (x,), dynamic_shapes=shapes, strict=False)
     guards = program_guards(program)
     if dynamic and guards:  # not every size runs
         raise RuntimeError(f"the exported graph is specialized: it only runs where {guards} holds")
     return program
+
+
+def export_detector_backbone(model: nn.Module, height: int = 800, width: int = 1216,
+                             dynamic: bool = True) -> torch.export.ExportedProgram:
+    """``torch.export`` of an Iwin detector's backbone + FPN (``model.backbone``): a normalised, padded image
+    (1, 3, H, W) -> the five pyramid levels (P2..P6, strides 4-64) as a tuple. Batch 1: the detector runs
+    each image alone, as the authors' test does (a free batch would specialise to N > 1 in the FPN's trace).
+
+    By default one graph serves every size from 33x33 up (``height`` and ``width`` only size
+    the example; the detector's padded inputs are multiples of 32: all but 32 itself, which the tracer's
+    size-oblivious P6 (``max_pool2d(P5, 1, 2)``) rules out). The RPN, the RoI heads and the mask paste
+    (data-dependent NMS and per-box loops) stay in Python: feed the pyramid to ``model.rpn`` / ``model.roi_heads``.
+    """
+    return export_program(_PyramidOnly(model.backbone), height, width, dynamic, min_size=33, dynamic_batch=False)
 
 
 ONNX_EXTRA = install_hint("onnx")  # the extra that brings what export_onnx needs

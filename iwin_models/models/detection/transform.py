@@ -1,0 +1,122 @@
+"""The authors' test pipeline (``configs/_base_/datasets/coco_instance.py:15-29``) and mask paste."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.image_list import ImageList
+
+__all__ = ["ScaledImageList", "MMDetTestTransform", "rescale_size", "paste_masks"]
+
+
+class ScaledImageList(ImageList):
+    """torchvision's ImageList with the rest of mmdet's ``img_metas``: per image the ``scale_factors``
+    (float32 ``[w, h, w, h]``) and the ``original_image_sizes`` ``(h, w)``; ``image_sizes`` are the
+    unpadded resized sizes (mmdet's ``img_shape``, what boxes are clipped to)."""
+
+    def __init__(self, tensors: Tensor, image_sizes: list[tuple[int, int]], scale_factors: list[Tensor],
+                 original_image_sizes: list[tuple[int, int]]):
+        super().__init__(tensors, image_sizes)
+        self.scale_factors = scale_factors
+        self.original_image_sizes = original_image_sizes
+
+    def to(self, device: torch.device) -> ScaledImageList:
+        return ScaledImageList(self.tensors.to(device), self.image_sizes, [f.to(device) for f in self.scale_factors],
+                               self.original_image_sizes)
+
+
+def rescale_size(height: int, width: int, scale: Sequence[int] = (1333, 800)) -> tuple[int, int]:
+    """mmcv's keep-ratio ``rescale_size`` (``mmcv/image/geometric.py:184-245``): ``(new_h, new_w)``."""
+    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+class MMDetTestTransform(nn.Module):
+    """Resize, normalise, pad as the authors' test does, then paste masks into the original image.
+
+    Not torchvision's ``GeneralizedRCNNTransform``: the authors resize the **uint8** image with cv2's
+    ``INTER_LINEAR`` before normalising (torchvision interpolates the normalised float image, and its
+    uint8 bilinear differs by 1 on many pixels), keep w and h scale factors apart, and pad bottom-right
+    to a multiple of 32 one image at a time.
+    """
+
+    def __init__(self, scale: Sequence[int] = (1333, 800), size_divisor: int = 32,
+                 mean: Sequence[float] = (123.675, 116.28, 103.53), std: Sequence[float] = (58.395, 57.12, 57.375),
+                 mask_threshold: float = 0.5):
+        super().__init__()
+        self.scale, self.size_divisor = tuple(scale), size_divisor
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.mask_threshold = mask_threshold
+
+    def forward(self, image: Tensor) -> ScaledImageList:
+        """One RGB ``(3, H, W)`` image, uint8 or float in [0, 1] (made uint8 first, as the authors read it)."""
+        if image.is_floating_point():
+            image = (image * 255).round().clamp(0, 255).to(torch.uint8)
+        rgb = image.permute(1, 2, 0).cpu().numpy()
+        return self.from_resized(self.resize(rgb), rgb.shape[:2], device=image.device)
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """``(H, W, 3)`` uint8 -> resized as mmcv ``imrescale`` (``transforms.py:203-232``)."""
+        new_h, new_w = rescale_size(image.shape[0], image.shape[1], self.scale)
+        return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+
+    def from_resized(self, resized: np.ndarray, original_size: Sequence[int], device=None) -> ScaledImageList:
+        """The model input from an already resized ``(H', W', 3)`` uint8 **RGB** image."""
+        (h, w), (oh, ow) = resized.shape[:2], original_size[:2]
+        scale_factor = torch.tensor(np.array([w / ow, h / oh, w / ow, h / oh], dtype=np.float32), device=device)
+        tensor = self.normalize_pad(torch.from_numpy(np.ascontiguousarray(resized)).to(device))
+        return ScaledImageList(tensor, [(h, w)], [scale_factor], [(int(oh), int(ow))])
+
+    def normalize_pad(self, resized: Tensor) -> Tensor:
+        """``(H', W', 3)`` uint8 RGB -> ``(1, 3, H'', W'')`` float32, ``(x - mean) / std``, zero-padded
+        bottom/right to the size divisor (``transforms.py:476-580``)."""
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=resized.device)
+        std = torch.tensor(self.std, dtype=torch.float32, device=resized.device)
+        x = ((resized.float() - mean) / std).permute(2, 0, 1)
+        h, w = x.shape[-2:]
+        pad_h, pad_w = -h % self.size_divisor, -w % self.size_divisor
+        return F.pad(x, (0, pad_w, 0, pad_h))[None]
+
+    def postprocess(self, detections: list[dict[str, Tensor]], images: ScaledImageList) -> list[dict[str, Tensor]]:
+        """Boxes stay in original pixels; labels become 1-based (0 = background, torchvision's
+        convention); masks ``(n, 1, H, W)`` bool in the original image."""
+        return [self._one(d, f, s) for d, f, s in zip(detections, images.scale_factors, images.original_image_sizes)]
+
+    def _one(self, det: dict[str, Tensor], scale_factor: Tensor, original_size) -> dict[str, Tensor]:
+        masks = paste_masks(det["mask_probs"], det["mask_boxes"] / scale_factor, original_size, self.mask_threshold)
+        masks &= det["has_mask"][:, None, None]
+        return dict(boxes=det["boxes"], labels=det["labels"] + 1, scores=det["scores"], masks=masks[:, None])
+
+
+def paste_masks(probs: Tensor, boxes: Tensor, image_size: Sequence[int], threshold: float = 0.5) -> Tensor:
+    """Binary masks ``(n, H, W)``: each ``(28, 28)`` probability map resampled into its box.
+
+    mmdet's CPU path (``fcn_mask_head.py:169-300``): one box at a time, only over the pixels of
+    ``[floor(x0) - 1, ceil(x1) + 1)`` x ``[floor(y0) - 1, ceil(y1) + 1)``, never a full-size float map.
+    """
+    height, width = int(image_size[0]), int(image_size[1])
+    out = torch.zeros((len(probs), height, width), dtype=torch.bool, device=probs.device)
+    for i, (prob, box) in enumerate(zip(probs, boxes)):
+        pasted, (rows, cols) = _paste_one(prob, box, height, width)
+        out[i, rows, cols] = pasted >= threshold
+    return out
+
+
+def _paste_one(prob: Tensor, box: Tensor, height: int, width: int) -> tuple[Tensor, tuple[slice, slice]]:
+    """``_do_paste_mask`` (``fcn_mask_head.py:306-380``, ``skip_empty=True``) for one box."""
+    x0_int, y0_int = (box.floor()[:2] - 1).clamp(min=0).to(torch.int32).tolist()
+    x1_int = int(torch.clamp(box[2].ceil() + 1, max=width).to(torch.int32))
+    y1_int = int(torch.clamp(box[3].ceil() + 1, max=height).to(torch.int32))
+    x0, y0, x1, y1 = box
+    # pixel centres in the box's [-1, 1] frame; a zero-size box divides by 0: inf -> 0 as the authors do
+    img_y = (torch.arange(y0_int, y1_int, device=box.device, dtype=torch.float32) + 0.5 - y0) / (y1 - y0) * 2 - 1
+    img_x = (torch.arange(x0_int, x1_int, device=box.device, dtype=torch.float32) + 0.5 - x0) / (x1 - x0) * 2 - 1
+    img_y = torch.where(torch.isinf(img_y), 0, img_y)
+    img_x = torch.where(torch.isinf(img_x), 0, img_x)
+    grid = torch.stack([img_x[None, :].expand(len(img_y), -1), img_y[:, None].expand(-1, len(img_x))], dim=-1)
+    pasted = F.grid_sample(prob[None, None].float(), grid[None], align_corners=False)[0, 0]
+    return pasted, (slice(y0_int, y1_int), slice(x0_int, x1_int))
