@@ -1,10 +1,10 @@
-"""Iwin Transformer for timm and segmentation-models-pytorch.
+"""Iwin Transformer for timm, segmentation-models-pytorch and torchvision's detection API.
 
 ``import iwin_models`` registers the Iwin backbones with timm (``timm.create_model('iwin_tiny')``) and the
-segmenter class with smp (``smp.from_pretrained``). The COCO detectors: ``create_detector(name)`` and ``detect(model,
-image)``. What is imported here is the public surface; the
-sub-packages (``models``, ``layers``, ``fast``, ``data``, ``io``, ``engine``, ``interop``, ``apps``) are the
-floors of the house (ARCHITECTURE.md).
+segmenter class with smp (``smp.from_pretrained``); the COCO detectors are ``create_detector(name)`` and
+``detect(model, image)``. What is imported here is the public surface; the sub-packages (``models``,
+``layers``, ``fast``, ``data``, ``io``, ``engine``, ``interop``, ``apps``) are the floors of the house
+(ARCHITECTURE.md).
 """
 from .data import SAMPLE_IMAGE
 from .data.ade20k import CLASSES as ADE20K_CLASSES
