@@ -339,6 +339,28 @@ def test_cli_options_are_the_fields_of_the_config_and_the_build_options(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_the_command_s_recipe_defaults_are_the_library_s():
+    """``iwin-seg train`` restates no default of the recipe: the drop path, the training resize ratio, crop and
+    scale are the library's (one named home each), as the aux head's width is the model's."""
+    import inspect
+
+    from iwin_models.data import transforms
+    from iwin_models.models import segmenters
+    from iwin_models.models.upernet import AUX_CHANNELS, IwinUPerNet
+
+    options = train_cli.BuildOptions()
+    for function in (transforms.build_train_transform, transforms.TrainTransform):
+        defaults = {k: v.default for k, v in inspect.signature(function).parameters.items()}
+        assert (options.ratio_range, options.crop_size, options.scale) == (
+            defaults["ratio_range"], defaults["crop_size"], defaults["scale"]), function
+    assert options.ratio_range == transforms.RATIO_RANGE == (0.5, 2.0)
+    assert options.crop_size == transforms.CROP_SIZE == 512
+    assert options.drop_path == segmenters.DROP_PATH_RATE == 0.3
+    assert inspect.signature(IwinUPerNet).parameters["aux_channels"].default == AUX_CHANNELS == 256
+    source = (REPO / "iwin_models" / "apps" / "cli" / "train.py").read_text()
+    assert not re.search(r"\b(0\.3|0\.5, 2\.0|512|256)\b", source), "the command writes a recipe value itself"
+
+
 def test_config_validation_names_the_bad_field():
     for bad, message in [(dict(iters=0), "--iters must be positive"), (dict(log_interval=0), "--log-interval must"),
                          (dict(workers=-1), "--workers must not be negative"),
