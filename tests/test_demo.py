@@ -23,6 +23,9 @@ from PIL import Image
 
 from iwin_models.apps import demo, visualize
 from iwin_models.apps.cli import main as cli
+from iwin_models.apps.demo import app as demo_app
+from iwin_models.apps.demo import photos, pictures, segment_tab
+from iwin_models.apps.demo import session as demo_session
 from iwin_models.data import SAMPLE_IMAGE, ade20k
 from iwin_models.engine import inference
 from iwin_models.engine.inference import segment
@@ -88,7 +91,8 @@ def _png_header_only(path: Path, w: int, h: int) -> Path:
 # --- the same inference as segment() -------------------------------------------------------------
 
 def test_importing_the_demo_does_not_import_gradio():
-    code = "import sys, iwin_models.apps.demo.session, iwin_models.apps.cli.demo; print('gradio' in sys.modules)"
+    code = ("import sys, iwin_models.apps.demo.app, iwin_models.apps.demo.segment_tab, iwin_models.apps.cli.demo; "
+            "print('gradio' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "False"
@@ -102,7 +106,7 @@ def test_the_result_is_segment_s_class_map_legend_and_sizes(session, reference):
     assert len([i for i, _ in result.legend if i is not None]) >= 3, "the mini model should find several classes"
     assert result.size == (640, 427) and result.shown_labels is result.labels  # small: shown as it is
     assert result.confidence.shape == (427, 640, 3) and 0 < result.mean_confidence <= 1
-    assert result.input_sizes == inference.input_sizes(427, 640, False, None, demo.ADE20K_PROTOCOL)
+    assert result.input_sizes == inference.input_sizes(427, 640, False, None, weights.ADE20K_PROTOCOL)
     info = demo.info_markdown(result)
     assert "640 x 427 pixels" in info and "model input 767 x 512" in info and " s**" in info
 
@@ -161,7 +165,7 @@ def test_the_package_s_own_size_limit_names_the_photo(session, tmp_path, monkeyp
     with pytest.raises(demo.PhotoError, match=r"^big.png: image of 20x20 pixels .* over the limit of 100 pixels"):
         demo.read_photo(tmp_path / "big.png", max_pixels=None)
     with pytest.raises(demo.PhotoError, match="no photo"):
-        demo.photo_file(None, session.new_folder)
+        photos.photo_file(None, session.new_folder)
 
 
 # --- the pictures --------------------------------------------------------------------------------
@@ -177,7 +181,7 @@ def test_the_overlay_is_visualize_s_blend_and_a_highlight_dims_the_rest():
     lit = demo.overlay_picture(image, labels, PALETTE, 0.6, highlight=3)
     blend = demo.overlay_picture(image, labels, PALETTE, 0.6)
     assert np.array_equal(lit[labels == 3], blend[labels == 3])
-    assert np.array_equal(lit[labels != 3], (image[labels != 3] * demo.DIM).astype(np.uint8))
+    assert np.array_equal(lit[labels != 3], (image[labels != 3] * pictures.DIM).astype(np.uint8))
     assert np.array_equal(demo.class_map_picture(labels, PALETTE), np.asarray(PALETTE, np.uint8)[labels])
 
 
@@ -185,10 +189,11 @@ def test_the_confidence_picture_runs_from_the_first_colour_to_the_last():
     confidence = np.linspace(0, 1, 101, dtype=np.float32).reshape(1, 101)
     picture = demo.confidence_picture(confidence)
     assert picture.shape == (1, 101, 3) and picture.dtype == np.uint8
-    assert tuple(picture[0, 0]) == demo.CONFIDENCE_STOPS[0] and tuple(picture[0, -1]) == demo.CONFIDENCE_STOPS[-1]
-    assert tuple(demo.confidence_picture(np.array([[np.nan]]))[0, 0]) == demo.CONFIDENCE_STOPS[0]
-    scale = demo.confidence_scale_html()
-    assert "linear-gradient" in scale and all(f"rgb{tuple(c)}" in scale for c in demo.CONFIDENCE_STOPS)
+    stops = pictures.CONFIDENCE_STOPS
+    assert tuple(picture[0, 0]) == stops[0] and tuple(picture[0, -1]) == stops[-1]
+    assert tuple(demo.confidence_picture(np.array([[np.nan]]))[0, 0]) == pictures.CONFIDENCE_STOPS[0]
+    scale = pictures.confidence_scale_html()
+    assert "linear-gradient" in scale and all(f"rgb{tuple(c)}" in scale for c in pictures.CONFIDENCE_STOPS)
 
 
 def test_the_legend_has_the_lines_of_legend_entries_with_their_colours():
@@ -207,7 +212,7 @@ def test_the_legend_has_the_lines_of_legend_entries_with_their_colours():
 def test_large_photos_are_shown_downscaled_and_downloaded_full_size(session):
     image, labels = _rgb(60, 5000, 4), (np.arange(5000) // 700 % 8).astype(np.uint8)[None].repeat(60, 0)
     confidence = np.full((60, 5000), 0.25, np.float32)
-    shown_image, shown_labels, shown_conf = demo.preview(image, labels, confidence, edge=2048)
+    shown_image, shown_labels, shown_conf = pictures.preview(image, labels, confidence, edge=2048)
     assert shown_image.shape == (25, 2048, 3) and shown_labels.shape == shown_conf.shape == (25, 2048)
     assert set(np.unique(shown_labels)) == set(np.unique(labels)) and np.allclose(shown_conf, 0.25)
     result = demo.DemoResult(
@@ -240,12 +245,12 @@ class _FakeGradio:
 def test_the_page_says_what_is_wrong_with_a_photo_and_goes_on(session, tmp_path):
     gr = _FakeGradio()
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
-    out = demo.handle_run(gr, session, {"path": str(tmp_path / "broken.jpg"), "orig_name": "broken.jpg"},
+    out = segment_tab.handle_run(gr, session, {"path": str(tmp_path / "broken.jpg"), "orig_name": "broken.jpg"},
                           session.default, "whole", "fp32", 0.5)
     status = out[8]
     assert "broken.jpg is not a readable image" in status and out[0] is None and out[-1] is None
     assert gr.warnings and "broken.jpg is not a readable image" in gr.warnings[0]
-    out = demo.handle_run(gr, session, {"path": str(SAMPLE_IMAGE), "orig_name": "sample.jpg"}, session.default,
+    out = segment_tab.handle_run(gr, session, {"path": str(SAMPLE_IMAGE), "orig_name": "sample.jpg"}, session.default,
                           "whole", "fp32", 0.6)
     overlay, class_map, confidence, legend, highlight, files, info, note, status, key = out
     result = session.result(key)
@@ -253,20 +258,20 @@ def test_the_page_says_what_is_wrong_with_a_photo_and_goes_on(session, tmp_path)
     assert np.array_equal(overlay, demo.overlay_picture(result.image, result.labels, PALETTE, 0.6))
     assert [Path(f).name for f in files] == ["sample_labels.png", "sample_overlay.png"]
     assert highlight["choices"][1:] == [(text, i) for i, text in result.legend if i is not None]
-    again, files = demo.handle_render(gr, session, key, 0.3, highlight["choices"][1][1])
+    again, files = segment_tab.handle_render(gr, session, key, 0.3, highlight["choices"][1][1])
     assert np.array_equal(again, demo.overlay_picture(result.image, result.labels, PALETTE, 0.3,
                                                       highlight["choices"][1][1]))
 
 
 def test_the_server_keeps_the_last_results_only(session, monkeypatch):
-    monkeypatch.setattr(demo, "KEEP_RESULTS", 2)
+    monkeypatch.setattr(demo_session, "KEEP_RESULTS", 2)
     results = [object(), object(), object()]
     keys = [session.keep(r) for r in results]
     assert session.result(keys[0]) is None and [session.result(k) for k in keys[1:]] == results[1:]
     gr = _FakeGradio()
-    assert demo.handle_render(gr, session, keys[0], 0.5, -1) == ({}, {})  # unchanged, and said
+    assert segment_tab.handle_render(gr, session, keys[0], 0.5, -1) == ({}, {})  # unchanged, and said
     assert "no longer kept" in gr.warnings[0] and "Segment again" in gr.warnings[0]
-    assert demo.handle_render(gr, session, None, 0.5, -1) == ({}, {}) and len(gr.warnings) == 1
+    assert segment_tab.handle_render(gr, session, None, 0.5, -1) == ({}, {}) and len(gr.warnings) == 1
 
 
 def test_random_weights_are_said_next_to_the_result(mini, tmp_path):
@@ -278,7 +283,7 @@ def test_random_weights_are_said_next_to_the_result(mini, tmp_path):
     assert default == "Iwin-S UPerNet (random weights)" and len(choices) == 3
     session = demo.DemoSession([demo.ModelChoice("mini", str(mini), note="mini has RANDOM weights")],
                                workdir=tmp_path)
-    out = demo.handle_run(_FakeGradio(), session, {"path": str(SAMPLE_IMAGE), "orig_name": "sample.jpg"}, "mini",
+    out = segment_tab.handle_run(_FakeGradio(), session, {"path": str(SAMPLE_IMAGE), "orig_name": "sample.jpg"}, "mini",
                           "whole", "fp32", 0.5)
     assert out[7] == "**Warning:** mini has RANDOM weights" and out[8] == ""
 
@@ -351,7 +356,7 @@ def test_the_built_app_fetches_nothing_from_outside(session):
     app = demo.build_app(session)
     theme = app.iwin_launch.get("theme") or app.theme
     assert theme._stylesheets == [] and theme._font_css == [], "the theme loads fonts"
-    assert "fonts.googleapis" not in theme._get_theme_css() and "url(" not in demo.CSS
+    assert "fonts.googleapis" not in theme._get_theme_css() and "url(" not in demo_app.CSS
     assert isinstance(app, gr.Blocks) and app.analytics_enabled is False
 
 
@@ -365,6 +370,7 @@ import resource
 import numpy as np
 from PIL import Image
 from iwin_models.apps import demo
+from iwin_models.apps.demo import segment_tab
 from iwin_models.data import SAMPLE_IMAGE
 from iwin_models.io.images import load_image
 from iwin_models.engine.inference import predict
@@ -380,7 +386,7 @@ labels, confidence = predict(session.model(default), load_image({str(tmp_path / 
 del labels, confidence
 alone = grown()
 result = session.run_segmentation({str(tmp_path / 'big.jpg')!r})
-demo.handle_render(None, session, session.keep(result), 0.6, None)
+segment_tab.handle_render(None, session, session.keep(result), 0.6, None)
 print(result.size, result.shown_labels.shape, alone / 24e6, grown() / 24e6)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600)

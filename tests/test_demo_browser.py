@@ -34,7 +34,7 @@ from conftest import REPO
 from PIL import Image
 from test_demo import make_mini_folder
 
-from iwin_models.apps.demo.session import DIM
+from iwin_models.apps.demo.pictures import DIM
 from iwin_models.apps.visualize import legend_entries
 from iwin_models.data import SAMPLE_IMAGE
 from iwin_models.engine.inference import segment

@@ -339,6 +339,28 @@ def test_cli_options_are_the_fields_of_the_config_and_the_build_options(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_the_command_s_recipe_defaults_are_the_library_s():
+    """``iwin-seg train`` restates no default of the recipe: the drop path, the training resize ratio, crop and
+    scale are the library's (one named home each), as the aux head's width is the model's."""
+    import inspect
+
+    from iwin_models.data import transforms
+    from iwin_models.models import segmenters
+    from iwin_models.models.upernet import AUX_CHANNELS, IwinUPerNet
+
+    options = train_cli.BuildOptions()
+    for function in (transforms.build_train_transform, transforms.TrainTransform):
+        defaults = {k: v.default for k, v in inspect.signature(function).parameters.items()}
+        assert (options.ratio_range, options.crop_size, options.scale) == (
+            defaults["ratio_range"], defaults["crop_size"], defaults["scale"]), function
+    assert options.ratio_range == transforms.RATIO_RANGE == (0.5, 2.0)
+    assert options.crop_size == transforms.CROP_SIZE == 512
+    assert options.drop_path == segmenters.DROP_PATH_RATE == 0.3
+    assert inspect.signature(IwinUPerNet).parameters["aux_channels"].default == AUX_CHANNELS == 256
+    source = (REPO / "iwin_models" / "apps" / "cli" / "train.py").read_text()
+    assert not re.search(r"\b(0\.3|0\.5, 2\.0|512|256)\b", source), "the command writes a recipe value itself"
+
+
 def test_config_validation_names_the_bad_field():
     for bad, message in [(dict(iters=0), "--iters must be positive"), (dict(log_interval=0), "--log-interval must"),
                          (dict(workers=-1), "--workers must not be negative"),
@@ -509,7 +531,8 @@ def test_a_run_without_the_report_extra_says_so_once_and_goes_on(tmp_path, monke
 
 def test_only_rank_0_writes_the_run_log(tmp_path, monkeypatch):
     """A process of another rank writes no file of its own: no log, history, event file or curves."""
-    monkeypatch.setattr(training, "world", lambda: (1, 1))  # rank 1, alone: the loop runs, no collective
+    # rank 1, alone: the loop runs, no collective
+    monkeypatch.setattr("iwin_models.engine.training.trainer.world", lambda: (1, 1))
     config = training.TrainConfig(work_dir=str(tmp_path / "run"), **dict(_RUN_LOG_CONFIG, iters=2))
     torch.manual_seed(0)
     trainer = training.Trainer(IwinUPerNet(**TINY), _Squares(), config, _ValSquares())
@@ -628,6 +651,7 @@ def test_the_trainer_device_is_chosen_without_side_effects(monkeypatch):
 def test_checkpoints_go_through_the_one_atomic_writer(tmp_path, monkeypatch):
     """save_checkpoint and the kept iter_N.pth copies are write_atomic(durable=True): open()'s mode, the
     file and its folder fsynced (tests/test_files.py); iter_N.pth is a hard link where possible."""
+    from iwin_models.engine.training.state import link_or_copy
     from iwin_models.io import files
 
     calls = []
@@ -636,9 +660,9 @@ def test_checkpoints_go_through_the_one_atomic_writer(tmp_path, monkeypatch):
         calls.append((Path(path).name, durable))
         return files.write_atomic(path, write, durable=durable)
 
-    monkeypatch.setattr(training, "write_atomic", recording)
+    monkeypatch.setattr("iwin_models.engine.training.state.write_atomic", recording)
     latest = training.save_checkpoint({"x": torch.arange(3)}, tmp_path / "new" / "latest.pth")
-    training._link_or_copy(latest, tmp_path / "new" / "iter_1.pth")
+    link_or_copy(latest, tmp_path / "new" / "iter_1.pth")
     assert calls == [("latest.pth", True), ("iter_1.pth", True)]
     assert latest.stat().st_mode & 0o777 == files.new_file_mode()
     assert (tmp_path / "new" / "iter_1.pth").stat().st_ino == latest.stat().st_ino

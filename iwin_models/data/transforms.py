@@ -20,7 +20,8 @@ import torch
 from . import ade20k
 from .datasets import IGNORE_INDEX
 
-__all__ = ["TrainTransform", "build_train_transform", "rescale_size", "TRAIN_SCALE"]
+__all__ = ["TrainTransform", "build_train_transform", "rescale_size", "TRAIN_SCALE", "CROP_SIZE", "RATIO_RANGE",
+           "CAT_MAX_RATIO"]
 
 
 def rescale_size(h: int, w: int, scale: Sequence[float]) -> tuple[int, int]:
@@ -73,12 +74,16 @@ def _saturation_and_hue(img: torch.Tensor, saturation: float | None, hue: int | 
 
 # the authors' training resize (mmseg's img_scale): the test scale, then a random ratio of it
 TRAIN_SCALE = ade20k.TEST_SCALE
+RATIO_RANGE = (0.5, 2.0)  # the random ratio of TRAIN_SCALE (mmseg's ratio_range)
+CROP_SIZE = 512  # the random crop (and pad) size
+CAT_MAX_RATIO = 0.75  # a crop is redrawn while one class covers this share of its labelled pixels
 
 
 class TrainTransform:
     """The ADE20K training pipeline (see :func:`build_train_transform`); picklable for loader workers."""
 
-    def __init__(self, crop_size=512, scale=TRAIN_SCALE, ratio_range=(0.5, 2.0), cat_max_ratio: float = 0.75,
+    def __init__(self, crop_size=CROP_SIZE, scale=TRAIN_SCALE, ratio_range=RATIO_RANGE,
+                 cat_max_ratio: float = CAT_MAX_RATIO,
                  flip_prob: float = 0.5, brightness_delta: float = 32, contrast_range=(0.5, 1.5),
                  saturation_range=(0.5, 1.5), hue_delta: int = 18, mean=ade20k.MEAN, std=ade20k.STD,
                  ignore_index: int = IGNORE_INDEX):
@@ -212,8 +217,8 @@ class TrainTransform:
                 label.as_subclass(torch.Tensor).to(torch.int64).contiguous())
 
 
-def build_train_transform(crop_size=512, scale=TRAIN_SCALE, ratio_range=(0.5, 2.0),
-                          cat_max_ratio: float = 0.75) -> TrainTransform:
+def build_train_transform(crop_size=CROP_SIZE, scale=TRAIN_SCALE, ratio_range=RATIO_RANGE,
+                          cat_max_ratio: float = CAT_MAX_RATIO) -> TrainTransform:
     """The authors' ADE20K training pipeline as a callable ``(image, label) -> (image, label)``.
 
     Input: RGB uint8 array (H, W, 3) and integer label (H, W) with 255 for ignored pixels (a data set's

@@ -36,6 +36,7 @@ from huggingface_hub import ModelCardData
 from ..extras import install_hint, require
 from ..io.files import write_atomic
 from ..models.keymaps import convert_mmseg_upernet
+from ..models.upernet.model import AUX_CHANNELS
 from ..models.weights import ADE20K_PROTOCOL, EvalProtocol, SegmenterWeights, registered
 from ..version import __version__
 
@@ -133,7 +134,7 @@ def upernet_config(model: IwinUPerNet, backbone: str):
         hidden_size=model.segmentation_head.conv_seg.in_channels,
         pool_scales=[block[0].output_size for block in model.decoder.psp.blocks],
         use_auxiliary_head=aux is not None, auxiliary_in_channels=None,  # stage 2's width, as our FCN head
-        auxiliary_channels=aux.conv_seg.in_channels if aux is not None else 256, auxiliary_num_convs=1,
+        auxiliary_channels=aux.conv_seg.in_channels if aux is not None else AUX_CHANNELS, auxiliary_num_convs=1,
         auxiliary_concat_input=False, auxiliary_loss_weight=0.4, loss_ignore_index=255, **_labels(model))
 
 

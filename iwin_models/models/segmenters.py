@@ -28,7 +28,9 @@ from .weights import SEGMENTERS, registered
 
 __all__ = ["create_segmenter", "load_segmenter", "load_segmenter_weights", "official_segmenter_of", "starts_random",
            "parse_device", "STARTS", "iwin_tiny_upernet_ade20k", "iwin_small_upernet_ade20k",
-           "iwin_base_upernet_ade20k"]
+           "iwin_base_upernet_ade20k", "DROP_PATH_RATE"]
+
+DROP_PATH_RATE = 0.3  # the backbone's stochastic depth in the authors' training recipe
 
 
 # --- building the registered segmenters -------------------------------------------------------------
@@ -58,13 +60,14 @@ def create_segmenter(
         encoder_pretrained: start the backbone from ImageNet weights instead (for training): True for
             the variant's official ``.in1k`` timm weights, or a path to a classification checkpoint.
         aux_head: build the auxiliary FCN head (used for the training loss only).
-        **kwargs: ``window_size``, ``drop_path_rate`` (0.3 by default, the training recipe), ``dropout``.
+        **kwargs: ``window_size``, ``drop_path_rate`` (:data:`DROP_PATH_RATE` by default, the training recipe),
+            ``dropout``.
     """
     spec = registered(name)
     checkpoint = weights if weights is not None else spec.url if pretrained else None
     if checkpoint is not None and not isinstance(checkpoint, dict):
         checkpoint = read_weights(checkpoint)  # first: a missing or damaged file fails before the model is built
-    encoder_kwargs = dict(spec.encoder_kwargs, drop_path_rate=kwargs.pop("drop_path_rate", 0.3))
+    encoder_kwargs = dict(spec.encoder_kwargs, drop_path_rate=kwargs.pop("drop_path_rate", DROP_PATH_RATE))
     if "window_size" in kwargs:
         encoder_kwargs["window_size"] = kwargs.pop("window_size")
     encoder_name = spec.encoder
@@ -78,7 +81,7 @@ def create_segmenter(
         encoder_weights=bool(encoder_pretrained) or None,
         encoder_kwargs=encoder_kwargs,
         classes=num_classes,
-        **({} if aux_head else {"aux_channels": 0}),  # the model's default width (256) otherwise
+        **({} if aux_head else {"aux_channels": 0}),  # the model's default width (AUX_CHANNELS) otherwise
         class_names=spec.class_names if same_classes else None,
         palette=spec.palette if same_classes else None,
         **kwargs,

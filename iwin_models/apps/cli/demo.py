@@ -8,20 +8,22 @@ a bad path is this command's one-line error.
 """
 from __future__ import annotations
 
+from ..demo import MAX_PIXELS, DemoSession, build_app, default_choices, serve
+from ..demo.app import HOST, MAX_FILE_SIZE, PORT
 from .common import add_fast_option, add_model_arguments, add_precision_option, check_dependencies, parse_device
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--host", default="127.0.0.1",
+    parser.add_argument("--host", default=HOST,
                         help="address to serve on (default: %(default)s; 0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=PORT, help="port (default: %(default)s)")
     add_model_arguments(parser)
     add_precision_option(parser, help="the page's default precision")
     add_fast_option(parser)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default: %(default)s)")
     parser.add_argument("--max-pixels", type=int, metavar="N",
-                        help="photos over N pixels are refused before decoding (default: 100 MP)")
-    parser.add_argument("--max-file-size", default="100mb", metavar="SIZE",
+                        help=f"photos over N pixels are refused before decoding (default: {MAX_PIXELS / 1e6:g} MP)")
+    parser.add_argument("--max-file-size", default=MAX_FILE_SIZE, metavar="SIZE",
                         help="largest upload, e.g. 20mb (default: %(default)s)")
     parser.add_argument("--download", action="store_true",
                         help="download the official weights of the registered segmenters on first use "
@@ -38,16 +40,14 @@ def run(args) -> int:
     if args.max_pixels is not None and args.max_pixels < 1:
         raise ValueError(f"--max-pixels must be positive, got {args.max_pixels}")
 
-    from .. import demo
-
-    choices, default = demo.default_choices(args.model, args.weights, download=args.download)
-    session = demo.DemoSession(choices, default=default, device=args.device, fast=args.fast,
-                               max_pixels=args.max_pixels or demo.MAX_PIXELS, precision=args.precision)
+    choices, default = default_choices(args.model, args.weights, download=args.download)
+    session = DemoSession(choices, default=default, device=args.device, fast=args.fast,
+                          max_pixels=args.max_pixels or MAX_PIXELS, precision=args.precision)
     if session.choices[default].start != "random":
         session.model(default)  # the model asked for: a bad path fails here, and the first photo is quick
-    app = demo.build_app(session)
+    app = build_app(session)
     try:
-        demo.serve(app, args.host, args.port, max_file_size=args.max_file_size)
+        serve(app, args.host, args.port, max_file_size=args.max_file_size)
     except OSError as e:
         if "port" not in str(e).lower():
             raise

@@ -18,8 +18,9 @@ import typing
 
 import torch
 
-from ...data.transforms import TRAIN_SCALE
+from ...data.transforms import CROP_SIZE, RATIO_RANGE, TRAIN_SCALE
 from ...engine.training import TrainConfig, Trainer, setup
+from ...models.segmenters import DROP_PATH_RATE
 from .common import (
     DEFAULT_MODEL,
     add_fast_option,
@@ -49,7 +50,7 @@ class BuildOptions:
                                      "model")
     no_pretrained_backbone: bool = _option(False, "start the backbone from random init", "model")
     num_classes: int = _option(150, "classes (a folder data set with --class-names takes their count)", "model")
-    drop_path: float = _option(0.3, "stochastic depth of a named model", "model")
+    drop_path: float = _option(DROP_PATH_RATE, "stochastic depth of a named model", "model")
     data_root: str | None = _option(None, "ADEChallengeData2016 folder (images/, annotations/)", "data")
     images: str | None = _option(None, "folder data set: images", "data")
     labels: str | None = _option(None, "folder data set: label PNGs (class index per pixel)", "data")
@@ -58,9 +59,9 @@ class BuildOptions:
     reduce_zero_label: bool = _option(False, "folder labels: 0 ignored, k -> k-1", "data")
     val_images: str | None = _option(None, "folder data set: validation images", "data")
     val_labels: str | None = _option(None, "folder data set: validation labels", "data")
-    crop_size: int = _option(512, "training crop", "data")
+    crop_size: int = _option(CROP_SIZE, "training crop", "data")
     scale: tuple[int, int] = _option(TRAIN_SCALE, "training resize scale before the random ratio", "data")
-    ratio_range: tuple[float, float] = _option((0.5, 2.0), "random resize ratio range", "data")
+    ratio_range: tuple[float, float] = _option(RATIO_RANGE, "random resize ratio range", "data")
 
     def validate(self) -> BuildOptions:
         if self.crop_size < 1:

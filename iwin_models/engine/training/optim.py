@@ -12,7 +12,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["param_groups", "build_optimizer", "lr_factor", "build_scheduler"]
+from ..precision import PRECISIONS
+
+__all__ = ["param_groups", "build_optimizer", "lr_factor", "build_scheduler", "build_optimisation"]
 
 
 def _no_decay_names(model: nn.Module) -> set[str]:
@@ -70,3 +72,13 @@ def build_scheduler(optimizer, iters: int, warmup: int = 1500, warmup_ratio: flo
         return lr_factor(t, iters, warmup, warmup_ratio, power, min_ratio)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_optimisation(model: nn.Module, config, device_type: str):
+    """(optimiser, scheduler, GradScaler) of ``model`` for a :class:`~.config.TrainConfig` on ``device_type``; the
+    scaler is on with fp16 only."""
+    c = config
+    optimizer = build_optimizer(model, c.lr, c.weight_decay, c.betas)
+    scheduler = build_scheduler(optimizer, c.iters, c.warmup_iters, c.warmup_ratio, c.power, c.min_lr)
+    scaler = torch.amp.GradScaler(device_type, enabled=PRECISIONS[c.precision] is torch.float16)
+    return optimizer, scheduler, scaler

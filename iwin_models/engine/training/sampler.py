@@ -1,5 +1,6 @@
 """Reproducible data order and augmentation: :class:`InfiniteSampler` (an endless, resumable stream of
-``(index, sample_seed)``) and :class:`SeededDataset` (each sample drawn with every global generator seeded)."""
+``(index, sample_seed)``), :class:`SeededDataset` (each sample drawn with every global generator seeded) and
+:func:`build_loader`, the two in a DataLoader."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-__all__ = ["InfiniteSampler", "SeededDataset", "seeded_rng", "worker_init"]
+__all__ = ["InfiniteSampler", "SeededDataset", "seeded_rng", "worker_init", "build_loader"]
 
 
 def _sample_seed(seed: int, rank: int, n: int) -> int:
@@ -94,3 +95,14 @@ class SeededDataset(torch.utils.data.Dataset):
 
 def worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)  # the samples are seeded one by one (SeededDataset); only keep workers lean
+
+
+def build_loader(train_set, batch_size: int, seed: int, rank: int, world_size: int, *, start: int = 0,
+                 workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """An endless loader of this process's batches of ``train_set`` (its :class:`InfiniteSampler` is the loader's
+    ``sampler``), ``start`` samples in; it draws nothing from the global generators."""
+    sampler = InfiniteSampler(len(train_set), seed, rank, world_size, start=start)
+    return torch.utils.data.DataLoader(
+        SeededDataset(train_set), batch_size=batch_size, sampler=sampler, num_workers=workers,
+        pin_memory=pin_memory, drop_last=True, worker_init_fn=worker_init, persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed))  # the loader must not draw from the global RNG

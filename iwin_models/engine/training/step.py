@@ -1,8 +1,9 @@
 """One optimisation step of a segmenter: the authors' loss (CE + 0.4 auxiliary CE, ignore index 255) and
-:func:`train_step` (autocast, GradScaler, gradient clipping)."""
+:func:`train_step` (autocast, GradScaler, gradient clipping); :class:`StepResult`, what the Trainer's step returns."""
 from __future__ import annotations
 
 import contextlib
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -10,7 +11,16 @@ import torch.nn.functional as F
 
 from ...data.ade20k import IGNORE_INDEX
 
-__all__ = ["segmentation_losses", "segmentation_loss", "train_step"]
+__all__ = ["segmentation_losses", "segmentation_loss", "train_step", "StepResult"]
+
+
+class StepResult(NamedTuple):
+    """What :meth:`~iwin_models.engine.training.Trainer.step` returns: tensors on the device (reading them
+    syncs: only when logging)."""
+
+    loss: torch.Tensor  # the total loss, decode CE + aux_weight * aux CE
+    lr: float  # the lr the step used
+    aux_loss: torch.Tensor | None  # aux_weight * aux CE, the weighted auxiliary term (None with aux_weight 0)
 
 
 def segmentation_losses(logits: torch.Tensor, aux_logits: torch.Tensor | None, labels: torch.Tensor,

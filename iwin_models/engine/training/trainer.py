@@ -44,44 +44,23 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 
-from ..distributed import gather, local_device, world
+from ..distributed import local_device, world
 from ..precision import PRECISIONS
+from .checkpoints import RunCheckpoints
 from .config import TrainConfig
-from .optim import build_optimizer, build_scheduler
-from .runlog import RunLog
-from .sampler import InfiniteSampler, SeededDataset, worker_init
-from .state import CHECKPOINT_FORMAT, link_or_copy, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .step import train_step
+from .journal import Journal
+from .optim import build_optimisation
+from .sampler import InfiniteSampler, build_loader
+from .step import StepResult, train_step
 
-__all__ = ["Trainer", "StepResult", "train"]
-
-
-def _log(message: str, log_file: Path | None) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(message, file=sys.stdout)
-    sys.stdout.flush()
-    if log_file is not None:
-        with open(log_file, "a", encoding="utf-8") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
-
-
-def _plain(value):
-    """Tuples as lists, in dicts and lists too: values as a checkpoint stores (and compares) them."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    return value
+__all__ = ["Trainer", "train"]
 
 
 def _check_finite(images: torch.Tensor, iteration: int) -> None:
@@ -104,12 +83,21 @@ def _check_set_up(config: TrainConfig) -> None:
                       "iwin_models.engine.training.setup(config) first for bit-identical resumes", stacklevel=3)
 
 
-class StepResult(NamedTuple):
-    """What :meth:`Trainer.step` returns: tensors on the device (reading them syncs: only when logging)."""
+def _due(iteration: int, interval: int, iters: int) -> bool:
+    """Whether something done every ``interval`` iterations (0: never) is due now; the last iteration always is."""
+    return bool(interval) and (iteration % interval == 0 or iteration == iters)
 
-    loss: torch.Tensor  # the total loss, decode CE + aux_weight * aux CE
-    lr: float  # the lr the step used
-    aux_loss: torch.Tensor | None  # aux_weight * aux CE, the weighted auxiliary term (None with aux_weight 0)
+
+def _placed(model: nn.Module, config: TrainConfig, device: torch.device, world_size: int, journal: Journal):
+    """``model`` on ``device``, with gradient checkpointing if asked and SyncBN with several GPUs."""
+    if config.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if world_size > 1:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch 1 is fine: world_size > 1 values
+        else:
+            journal.log("note: SyncBatchNorm needs GPUs; on CPU each process normalises its own batch")
+    return model.to(device)
 
 
 class Trainer:
@@ -119,11 +107,11 @@ class Trainer:
 
     Call :func:`setup` first (process group, determinism, seeds). Construction changes no global state:
     it moves the model to its device (SyncBN there with several GPUs) and builds the optimiser, scheduler
-    and GradScaler. :meth:`fit` resumes (``config.resume``), wraps the model in DDP with several
-    processes and runs the loop, writing ``work_dir/latest.pth`` and ``work_dir/final``, and on rank 0 the
-    scalars of the run (:class:`iwin_models.engine.training.runlog.RunLog`: TensorBoard ``tf_logs/``, ``scalars.jsonl``,
-    ``curves.png``). ``run_args`` (e.g. the command's options that built the model and data) are stored in
-    every checkpoint beside the config and compared on resume.
+    and GradScaler. :meth:`fit` resumes (``config.resume``), wraps the model in DDP with several processes
+    and runs the loop, writing ``work_dir/final`` at the end. What the run says goes through :attr:`journal`
+    (:class:`~.journal.Journal`: ``train.log``, the run log's scalars), its checkpoints through
+    :attr:`checkpoints` (:class:`~.checkpoints.RunCheckpoints`: ``work_dir/latest.pth``, with ``run_args``,
+    e.g. the command's options that built the model and data, beside the config, compared on resume).
     """
 
     def __init__(self, model: nn.Module, train_set, config: TrainConfig | None = None, val_set=None, *,
@@ -133,121 +121,33 @@ class Trainer:
             raise ValueError("the model has no auxiliary head; train it with --aux-weight 0")
         _check_set_up(config)
         self.train_set, self.val_set = train_set, val_set
-        self.run_args = dict(run_args or {})
         self.device = local_device(config.device)
         self.rank, self.world_size = world()
         self.work_dir = Path(config.work_dir)
-        self.log_file = self.work_dir / "train.log" if self.rank == 0 else None
-        self.model = self.net = self._prepare_model(model)
-        self.optimizer, self.scheduler, self.scaler = self._build_optimisation()
+        self.journal = Journal(self.work_dir, self.rank, config.batch_size * self.world_size, config.iters)
+        self.model = self.net = _placed(model, config, self.device, self.world_size, self.journal)
+        self.optimizer, self.scheduler, self.scaler = build_optimisation(self.model, config, self.device.type)
+        self.checkpoints = RunCheckpoints(self.model, self.optimizer, self.scheduler, self.scaler, config,
+                                          dict(run_args or {}), self.journal, self.rank, self.world_size)
         self.amp_dtype = PRECISIONS[config.precision]
         self.iteration = 0
         self.sampler: InfiniteSampler | None = None
-        self._resumed_from: Path | None = None
-        self._pending_rng: list | None = None
-        self.runlog = RunLog(self.work_dir, enabled=self.rank == 0, note=self.log)  # opened by fit()
-        self._clock = (time.perf_counter(), 0)  # (time, iteration) the throughput is measured from
-
-    def log(self, message: str) -> None:
-        """Print ``message`` (and append it to work_dir/train.log) on rank 0."""
-        if self.rank == 0:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            _log(message, self.log_file)
-
-    def _prepare_model(self, model: nn.Module) -> nn.Module:
-        if self.config.grad_checkpointing:
-            model.set_grad_checkpointing(True)
-        if self.world_size > 1:
-            if self.device.type == "cuda":
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch 1 is fine: world_size > 1 values
-            else:
-                self.log("note: SyncBatchNorm needs GPUs; on CPU each process normalises its own batch")
-        return model.to(self.device)
-
-    def _build_optimisation(self):
-        c = self.config
-        optimizer = build_optimizer(self.model, c.lr, c.weight_decay, c.betas)
-        scheduler = build_scheduler(optimizer, c.iters, c.warmup_iters, c.warmup_ratio, c.power, c.min_lr)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=PRECISIONS[c.precision] is torch.float16)
-        return optimizer, scheduler, scaler
-
-    # --- resume and checkpoints
-
-    def resume(self, path: str | os.PathLike) -> None:
-        """Continue from a training checkpoint: model, optimiser, scheduler, scaler and iteration now,
-        the random states when :meth:`fit` starts (nothing between draws from them then)."""
-        checkpoint = load_checkpoint(path)
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        if checkpoint.get("scaler"):
-            self.scaler.load_state_dict(checkpoint["scaler"])
-        self.iteration = int(checkpoint["iteration"])
-        self._pending_rng = checkpoint.get("rng")
-        self._resumed_from = Path(path)
-        saved = checkpoint.get("args", {})
-        now = self._args()
-        changed = [k for k in ("iters", "batch_size", "lr", "seed", "crop_size") if k in saved and k in now
-                   and _plain(saved[k]) != _plain(now[k])]
-        if changed:
-            self.log(f"warning: resuming with other {', '.join(changed)} than the checkpoint's run "
-                     f"({', '.join(f'{k}={saved[k]}' for k in changed)}); the result will differ from an unbroken run")
-        self.log(f"resumed from {path} at iteration {self.iteration}")
-
-    def _restore_rng(self) -> None:
-        states, self._pending_rng = self._pending_rng, None
-        if states is None:
-            return
-        if len(states) == self.world_size:
-            set_rng_state(states[self.rank])
-        else:
-            self.log(f"warning: the checkpoint was made by {len(states)} processes, this run has "
-                     f"{self.world_size}: random states not restored")
-
-    def state_dict(self, rng_states: list) -> dict:
-        """The checkpoint of the run as it stands (``rng_states``: every process's, in rank order)."""
-        c = self.config
-        return dict(
-            format=CHECKPOINT_FORMAT, iteration=self.iteration, model=self.model.state_dict(),
-            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-            scaler=self.scaler.state_dict(), rng=rng_states,
-            sampler=self.sampler.position(self.iteration * c.batch_size) if self.sampler else None,
-            world_size=self.world_size, args=self._args())
-
-    def _args(self) -> dict:
-        """What a checkpoint records of the run: ``run_args`` and the config."""
-        return {**_plain(self.run_args), **self.config.to_dict()}
 
     def checkpoint(self) -> Path | None:
-        """Write work_dir/latest.pth atomically (and iter_N.pth with ``keep_checkpoints``) on rank 0;
-        every process must call it (their random states are gathered)."""
-        states = gather(rng_state())
-        if self.rank != 0:
-            return None
-        self.runlog.flush()  # first: the history up to this iteration is on disk when the checkpoint is
-        latest = save_checkpoint(self.state_dict(states), self.work_dir / "latest.pth")
-        keep = self.config.keep_checkpoints
-        if keep:
-            link_or_copy(latest, self.work_dir / f"iter_{self.iteration}.pth")
-            kept = sorted(self.work_dir.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
-            for old in kept[:-keep]:
-                old.unlink(missing_ok=True)
-        self.log(f"checkpoint: iteration {self.iteration} -> {latest}")
-        self._restart_clock()
-        return latest
+        """Write the run as it stands (:meth:`RunCheckpoints.write <.checkpoints.RunCheckpoints.write>`); every
+        process must call it."""
+        return self.checkpoints.write(self.iteration, self.sampler)
 
     # --- the loop
 
     def build_loader(self) -> torch.utils.data.DataLoader:
         """An endless loader of this process's batches, starting where the run stands."""
         c = self.config
-        self.sampler = InfiniteSampler(len(self.train_set), c.seed, self.rank, self.world_size,
-                                       start=self.iteration * c.batch_size)
-        return torch.utils.data.DataLoader(
-            SeededDataset(self.train_set), batch_size=c.batch_size, sampler=self.sampler, num_workers=c.workers,
-            pin_memory=self.device.type == "cuda", drop_last=True, worker_init_fn=worker_init,
-            persistent_workers=c.workers > 0,
-            generator=torch.Generator().manual_seed(c.seed))  # the loader must not draw from the global RNG
+        loader = build_loader(self.train_set, c.batch_size, c.seed, self.rank, self.world_size,
+                              start=self.iteration * c.batch_size, workers=c.workers,
+                              pin_memory=self.device.type == "cuda")
+        self.sampler = loader.sampler
+        return loader
 
     def _wrap(self) -> None:
         if self.world_size > 1 and self.net is self.model:
@@ -278,51 +178,24 @@ class Trainer:
         c = self.config
         metrics = evaluate(self.model, self.val_set, scale=tuple(c.val_scale), progress=not c.no_progress)
         self.net.train()
-        self.log(f"validation at iteration {self.iteration}: mIoU {metrics['mIoU']:.4f}")
-        self.runlog.add(self.iteration, {f"val/{k}": metrics[k] for k in ("mIoU", "mAcc", "aAcc")})
-        self.runlog.draw()
-        self.runlog.flush()
-        self._restart_clock()
+        self.journal.validation(self.iteration, metrics)
         return metrics
 
-    def _restart_clock(self) -> None:
-        """Throughput counts training only: the clock restarts after a validation or a checkpoint."""
-        self._clock = (time.perf_counter(), self.iteration)
-
-    def _scalars(self, step: StepResult) -> dict[str, float]:
-        """The scalars of a log step: one device sync for all (the step's tensors are read together)."""
-        if step.aux_loss is None:
-            scalars = {"train/loss": step.loss.item()}
-        else:
-            loss, aux = torch.stack([step.loss.detach().float(), step.aux_loss.float()]).tolist()
-            scalars = {"train/loss": loss, "train/decode_loss": loss - aux, "train/aux_loss": aux}
-        (then, since), now = self._clock, time.perf_counter()  # now: after the sync, the steps are done
-        self._clock = (now, self.iteration)
-        images = (self.iteration - since) * self.config.batch_size * self.world_size
-        return {**scalars, "train/lr": step.lr, "train/throughput": images / max(now - then, 1e-9)}
-
     def _log_step(self, step: StepResult, bar) -> float:
-        scalars = self._scalars(step)
-        value, lr = scalars["train/loss"], step.lr
+        scalars = self.journal.scalars(step, self.iteration)
+        value = scalars["train/loss"]
         if not math.isfinite(value) and self.amp_dtype is not torch.float16:
             raise FloatingPointError(f"the loss is {value} at iteration {self.iteration}; "
                                      f"lower --lr or use --precision fp32")
-        bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.3g}")
-        if self.log_file is not None:  # the file only: a line per step would flood the terminal
-            with open(self.log_file, "a", encoding="utf-8") as f:
-                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} iter {self.iteration}/{self.config.iters} "
-                        f"loss {value:.4f} lr {lr:.6g}\n")
-        self.runlog.add(self.iteration, scalars)
+        self.journal.record(self.iteration, scalars, bar)
         return value
 
     def _log_start(self) -> None:
         c, name = self.config, getattr(self.model, "name", type(self.model).__name__)
         classes = getattr(self.model, "num_classes", None) or getattr(self.train_set, "num_classes", None) or "?"
-        self.log(f"training {name} for {c.iters} iterations from {self.iteration}: {len(self.train_set)} images, "
-                 f"{classes} classes, {self.world_size} process(es) x batch {c.batch_size}, device {self.device}")
-
-    def _due(self, interval: int) -> bool:
-        return bool(interval) and (self.iteration % interval == 0 or self.iteration == self.config.iters)
+        self.journal.log(f"training {name} for {c.iters} iterations from {self.iteration}: {len(self.train_set)} "
+                         f"images, {classes} classes, {self.world_size} process(es) x batch {c.batch_size}, "
+                         f"device {self.device}")
 
     def fit(self) -> dict:
         """Resume (``config.resume``), train to ``config.iters`` (scalars to the run log), write the final model;
@@ -331,15 +204,15 @@ class Trainer:
         torch.manual_seed(c.seed + self.rank)  # dropout / drop-path differ between processes
         path = c.resume_path()
         if path is not None:
-            self.resume(path)  # its random states replace these when the loop starts
+            self.iteration = self.checkpoints.resume(path)  # its random states replace these when the loop starts
         self._wrap()
         batches = iter(self.build_loader())  # the loader's workers start before the run log's writer thread
         start = self.iteration
-        with self.runlog.open(start):  # closed (event files flushed) on any exit
-            self._restore_rng()  # last: nothing after this draws random numbers before the first step
+        with self.journal.runlog.open(start):  # closed (event files flushed) on any exit
+            self.checkpoints.restore_rng()  # last: nothing after this draws random numbers before the first step
             result = self._loop(batches)
-            self.runlog.draw()  # a run that never validated gets its curves too
-        self._finish(finished_already=start == c.iters and self._resumed_from is not None)
+            self.journal.runlog.draw()  # a run that never validated gets its curves too
+        self._finish(finished_already=start == c.iters and self.checkpoints.resumed_from is not None)
         return result
 
     def _loop(self, batches) -> dict:
@@ -352,15 +225,15 @@ class Trainer:
         bar = tqdm(total=c.iters, initial=self.iteration, disable=self.rank != 0 or c.no_progress, unit="it",
                    dynamic_ncols=True, desc="train")
         began = time.perf_counter()
-        self._restart_clock()
+        self.journal.restart_clock(self.iteration)
         while self.iteration < c.iters:
             step = self.step(*next(batches))
             bar.update(1)
-            if self._due(c.log_interval):
+            if _due(self.iteration, c.log_interval, c.iters):
                 loss_value = self._log_step(step, bar)
-            if self._due(c.val_interval):
+            if _due(self.iteration, c.val_interval, c.iters):
                 metrics = self.validate()
-            if self._due(c.checkpoint_interval) or self.iteration == c.iters:
+            if _due(self.iteration, c.checkpoint_interval, c.iters) or self.iteration == c.iters:
                 self.checkpoint()
         bar.close()
         result = dict(iterations=self.iteration, loss=loss_value, seconds=time.perf_counter() - began, rank=self.rank)
@@ -370,11 +243,11 @@ class Trainer:
 
     def _finish(self, finished_already: bool) -> None:
         if finished_already:
-            self.log("the checkpoint had finished already; writing the final model")
+            self.journal.log("the checkpoint had finished already; writing the final model")
         if self.rank == 0:
             final = self.work_dir / "final"
             self.model.save_pretrained(final)
-            self.log(f"final model -> {final}")
+            self.journal.log(f"final model -> {final}")
         if self.world_size > 1:
             torch.distributed.barrier()
 

@@ -37,7 +37,9 @@ from ..weights import registered
 from .card import runnable_usage
 from .decoder import FCNHead, IwinUPerNetDecoder, ResizeToInputHead, resize_logits
 
-__all__ = ["IwinUPerNet", "register_with_smp"]
+__all__ = ["IwinUPerNet", "register_with_smp", "AUX_CHANNELS"]
+
+AUX_CHANNELS = 256  # the auxiliary FCN head's width (the authors' recipe)
 
 # FX records the check as one call (run by the traced module on real inputs) instead of tracing into it
 torch.fx.wrap("check_image_batch")
@@ -55,7 +57,7 @@ class IwinUPerNet(SegmentationModel):
         in_channels: image channels.
         classes: number of classes.
         decoder_channels: UPerNet width (512 in the official models).
-        aux_channels: width of the auxiliary FCN head on stage 2 (256); 0 for none.
+        aux_channels: width of the auxiliary FCN head on stage 2 (:data:`AUX_CHANNELS`); 0 for none.
         dropout: dropout before both classifiers (0.1).
         class_names, palette: kept with the model (and in ``config.json`` when saved).
 
@@ -74,7 +76,7 @@ class IwinUPerNet(SegmentationModel):
             in_channels: int = 3,
             classes: int = 150,
             decoder_channels: int = 512,
-            aux_channels: int = 256,
+            aux_channels: int = AUX_CHANNELS,
             dropout: float = 0.1,
             class_names: Sequence[str] | None = None,
             palette: Sequence[Sequence[int]] | None = None,
