@@ -135,6 +135,9 @@ def test_real_mini_detector_runs_and_agrees_with_detect(coco, fixtures_dir, tmp_
 
 _TWO = """
 import json, sys, torch, warnings
+import iwin_models.engine.detection_eval as detection_eval
+from _coco import make_coco
+from test_detection_eval import FAKE, _oracle
 from iwin_models import create_detector, evaluate_detector
 from iwin_models.engine.distributed import init_distributed, world
 warnings.simplefilter("ignore")
@@ -142,30 +145,39 @@ init_distributed("cpu")
 torch.manual_seed(0)
 model = create_detector("iwin_tiny_mask_rcnn_coco_3x", weights=sys.argv[1])
 model.transform.scale = (160, 128)
-figures = evaluate_detector(model, sys.argv[2], sys.argv[3], progress=False, results_file=sys.argv[4])
-json.dump(figures, open(sys.argv[4] + f".rank{world()[0]}", "w"))
+ann, img, out = sys.argv[2:5]
+figures = evaluate_detector(model, ann, img, progress=False, results_file=out)
+detection_eval.detect = _oracle(dict(ann_file=ann, data=json.load(open(ann))), shift=2)
+shifted = evaluate_detector(FAKE, ann, img, progress=False)
+json.dump([figures, shifted], open(out + f".rank{world()[0]}", "w"))
 """
 
 
 @pytest.mark.slow
-def test_two_processes_give_one_process_figures(coco, fixtures_dir, tmp_path, capsys):
+def test_two_processes_give_one_process_figures(coco, fixtures_dir, tmp_path, monkeypatch, capsys):
+    """The mini detector (random classes: AP 0) and a fake shifted by 2 px (AP between 0 and 1, where the order
+    of the gathered results matters) give every figure of one process, on both processes."""
     model = _mini3(fixtures_dir)
     model.save_pretrained(tmp_path / "mini3")
     one = evaluate_detector(model, coco["ann_file"], coco["img_dir"], progress=False, results_file=tmp_path / "1.json")
+    monkeypatch.setattr(detection_eval, "detect", _oracle(coco, shift=2))
+    one_shifted = evaluate_detector(FAKE, coco["ann_file"], coco["img_dir"], progress=False)
     script = tmp_path / "two.py"
     script.write_text(_TWO)
+    tests = str(REPO / "tests")
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               PYTHONPATH=os.pathsep.join([str(REPO), tests, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(script), str(tmp_path / "mini3"), str(coco["ann_file"]), str(coco["img_dir"]),
                            str(tmp_path / "2.json")], capture_output=True, text=True, timeout=400, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ranks = [json.loads((tmp_path / f"2.json.rank{r}").read_text()) for r in (0, 1)]
-    one = json.loads(json.dumps(one))  # tuples as lists, as the processes wrote them
+    one = json.loads(json.dumps([one, one_shifted]))  # tuples as lists, as the processes wrote them
     assert ranks[0] == ranks[1] == one  # every figure, exactly, on both processes
     assert json.loads((tmp_path / "2.json").read_text()) == json.loads((tmp_path / "1.json").read_text())
-    assert one["num_images"] == 5 and one["num_detections"] > 0
+    assert one[0]["num_images"] == 5 and one[0]["num_detections"] > 0 and 0 < one[1]["segm_mAP"] < 1
     with capsys.disabled():
-        print(f"\n[test_detection_eval] 1 process: bbox {one['bbox_mAP_copypaste']} segm {one['segm_mAP_copypaste']}"
-              f"\n[test_detection_eval] 2 processes: bbox {ranks[0]['bbox_mAP_copypaste']} "
-              f"segm {ranks[0]['segm_mAP_copypaste']} (bbox_mAP {one['bbox_mAP']!r} vs {ranks[0]['bbox_mAP']!r})")
+        for what, a, b in [("mini detector", one[0], ranks[0][0]), ("shifted 2 px", one[1], ranks[0][1])]:
+            print(f"\n[test_detection_eval] {what}: 1 process bbox {a['bbox_mAP_copypaste']} segm "
+                  f"{a['segm_mAP_copypaste']}; 2 processes bbox {b['bbox_mAP_copypaste']} segm "
+                  f"{b['segm_mAP_copypaste']} (segm_mAP {a['segm_mAP']!r} vs {b['segm_mAP']!r})")
