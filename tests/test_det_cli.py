@@ -149,3 +149,23 @@ def test_convert_writes_a_folder_create_detector_reads(det_fx, tmp_path, capsys,
     assert back.class_names == original.class_names and "Mask R-CNN" in (tmp_path / "hub" / "README.md").read_text()
     assert main(["convert", str(tmp_path / "hub" / "config.json"), "--model", NAME, "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.startswith("iwin-det convert: error: ")
+
+
+def test_detection_overlay_draws_masks_boxes_and_captions_above_the_threshold():
+    from iwin_models import Detections
+    from iwin_models.apps.visualize import class_colour, detection_overlay
+
+    image = np.full((60, 80, 3), 100, np.uint8)
+    masks = np.zeros((2, 60, 80), bool)
+    masks[0, 30:50, 40:70] = masks[1, 5:15, 5:15] = True
+    found = Detections(boxes=np.array([[40, 30, 70, 50], [5, 5, 15, 15]], np.float32),
+                       scores=np.array([0.9, 0.1], np.float32), labels=np.array([2, 0]), masks=masks,
+                       class_names=["a", "b", "c"])
+    picture = np.asarray(detection_overlay(image, found, score_threshold=0.5))
+    assert picture.shape == image.shape
+    expected = ((100 + np.asarray(class_colour(2))) / 2).astype(np.uint8)  # blended half and half
+    assert np.abs(picture[45, 55].astype(int) - expected).max() <= 1
+    assert tuple(picture[50, 55]) == class_colour(2)  # the box's bottom edge
+    assert tuple(picture[10, 10]) == (100, 100, 100)  # under the threshold: not drawn
+    assert (picture[15:30, 40:70] != 100).any()  # the caption above the box
+    assert (image == 100).all()  # the image is not drawn on
