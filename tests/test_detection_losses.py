@@ -14,8 +14,15 @@ from torchvision.ops import generalized_box_iou
 from iwin_models.models.detection import build_detector
 from iwin_models.models.detection._utils import MMDetBoxCoder
 from iwin_models.models.detection.anchors import UnroundedAnchorGenerator
-from iwin_models.models.detection.losses import (DecodedGIoULoss, DeltaSmoothL1Loss, MaxIoUMatcher, aligned_giou,
-                                                 mask_loss, mask_targets)
+from iwin_models.models.detection.losses import (
+    DecodedGIoULoss,
+    DeltaL1Loss,
+    DeltaSmoothL1Loss,
+    MaxIoUMatcher,
+    aligned_giou,
+    mask_loss,
+    mask_targets,
+)
 from iwin_models.models.detection.rpn import RPNHead, SigmoidLevelNMSRPN
 from iwin_models.models.detection.sampling import SampledRoIs, box_head_losses
 from iwin_models.models.detection.transform import MMDetTrainTransform
@@ -86,14 +93,13 @@ def test_rpn_losses_equal_hand_bce_and_l1():
 
 def test_roi_box_losses_equal_hand_ce_and_l1():
     gen = torch.Generator().manual_seed(1)
-    num_classes, stds = 3, (0.1, 0.1, 0.2, 0.2)
+    stds = (0.1, 0.1, 0.2, 0.2)
     boxes = torch.tensor([[10, 10, 50, 50], [12, 8, 48, 52], [0, 0, 30, 30], [60, 60, 90, 80]], dtype=torch.float32)
     gt = torch.tensor([[11, 9, 49, 51], [58, 62, 91, 79]], dtype=torch.float32)
     samples = [SampledRoIs(boxes[:3], torch.tensor([2, 0, 3]), torch.tensor([0, 0]), torch.tensor([True, False])),
                SampledRoIs(boxes[3:], torch.tensor([1]), torch.tensor([1]), torch.tensor([False]))]
     gts = [gt, gt]
     cls_score, bbox_pred = torch.randn(4, 4, generator=gen), torch.randn(4, 12, generator=gen) * 0.1
-    from iwin_models.models.detection.losses import DeltaL1Loss
     losses = box_head_losses(cls_score, bbox_pred, samples, gts, DeltaL1Loss(MMDetBoxCoder(stds)))
     labels = [2, 0, 3, 1]
     ce = np.mean([-(s[lab] - np.log(np.exp(s).sum())) for s, lab in zip(cls_score.double().numpy(), labels)])
@@ -205,7 +211,17 @@ def _toy_batch():
     return images, [dict(boxes=b, labels=lab, masks=m) for b, lab, m in zip(boxes, labels, masks)]
 
 
-def test_cascade_stage_weights_are_applied():
+@pytest.fixture
+def one_thread():
+    """The CPU is shared: one intra-op thread (many small ops run faster than with several)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_cascade_stage_weights_are_applied(one_thread):
     model = build_detector("tiny", cascade=True, **MINI)
     model.transform.train_scales = ((96, 64),)
     model.train()

@@ -6,9 +6,15 @@ import pytest
 import torch
 
 from iwin_models.data.detection import DetectionTrainAugment, synthetic_rectangles
-from iwin_models.engine.detection_train import (RECIPES, TRAIN_SCALES, build_detection_optimizer,
-                                                build_detection_scheduler, detection_lr_factor,
-                                                detection_param_groups, detection_train_step)
+from iwin_models.engine.detection_train import (
+    RECIPES,
+    TRAIN_SCALES,
+    build_detection_optimizer,
+    build_detection_scheduler,
+    detection_lr_factor,
+    detection_param_groups,
+    detection_train_step,
+)
 from iwin_models.engine.training.runlog import RunLog, read_history
 from iwin_models.models.detection import build_detector
 
@@ -85,9 +91,18 @@ def test_augment_moves_boxes_and_masks_together(crop):
                 assert torch.allclose(extent, box, atol=1.01), (extent, box)
 
 
+@pytest.fixture
+def one_thread():
+    """The CPU is shared: one intra-op thread (many small ops run faster than with several)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cascade", [False, True])
-def test_a_few_steps_lower_the_loss(tmp_path, cascade):
+def test_a_few_steps_lower_the_loss(tmp_path, cascade, one_thread):
     torch.manual_seed(0)
     data = synthetic_rectangles(8)
     model = build_detector("tiny", cascade=cascade, **MINI)

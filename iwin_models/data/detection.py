@@ -84,7 +84,7 @@ def synthetic_rectangles(num_images: int = 8, num_classes: int = 3, sizes: tuple
     for _ in range(num_images):
         h, w = draw(*sizes), draw(*sizes)
         image = (torch.rand(3, h, w, generator=gen) * 40).to(torch.uint8)
-        boxes, labels, masks = [], [], []
+        labels, masks = [], []
         for _ in range(draw(1, max_objects)):
             bw, bh = draw(w // 6, w // 2), draw(h // 6, h // 2)
             x0, y0, label = draw(0, w - bw), draw(0, h - bh), draw(1, num_classes)

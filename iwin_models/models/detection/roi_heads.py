@@ -75,6 +75,9 @@ class BackgroundLastRoIHeads(RoIHeads):
 
     def sample(self, proposals: list[Tensor], targets, matcher: MaxIoUMatcher) -> list[SampledRoIs]:
         labels = [t["labels"] - 1 for t in targets]  # 1-based -> the authors' 0-based foreground classes
+        for index, lab in enumerate(labels):
+            if lab.numel() and int(lab.max()) >= self.num_classes:
+                raise ValueError(f"target {index}: label {int(lab.max()) + 1} > num_classes {self.num_classes}")
         return sample_rois(proposals, [t["boxes"] for t in targets], labels, matcher, self.fg_bg_sampler,
                            self.num_classes)
 

@@ -111,8 +111,11 @@ class MMDetTrainTransform(MMDetTestTransform):
     def train_batch(self, images: list[Tensor], targets: list[dict[str, Tensor]]):
         """``(ScaledImageList, targets)``: targets with ``boxes`` in input pixels, ``labels``, ``masks``
         ``(n, H', W')`` uint8 at the resized size."""
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
         inputs, out_targets = [], []
-        for image, target in zip(images, targets):
+        for index, (image, target) in enumerate(zip(images, targets)):
+            check_target(target, tuple(image.shape[-2:]), index)
             scale = self.train_scales[int(torch.randint(len(self.train_scales), ()))]
             batch, resized_target = self.resize_pair(image, target, scale)
             inputs.append(batch)
@@ -139,6 +142,28 @@ class MMDetTrainTransform(MMDetTestTransform):
         if "masks" in target:
             out["masks"] = resize_masks(target["masks"], new_h, new_w).to(image.device)
         return batch, out
+
+
+def check_target(target: dict[str, Tensor], image_size: tuple[int, int], index: int = 0) -> None:
+    """ValueError naming the image and the problem where a training target cannot be trained on: ``boxes``
+    ``(n, 4)`` finite xyxy with positive width and height (mmdet's COCO loader drops the others), ``labels``
+    ``(n,)`` integers >= 1 (0 is the background), ``masks`` ``(n, H, W)`` at the image's size."""
+    where = f"target {index}"
+    missing = {"boxes", "labels", "masks"} - set(target)
+    if missing:
+        raise ValueError(f"{where}: missing {sorted(missing)} (Mask R-CNN training needs boxes, labels and masks)")
+    boxes, labels, masks = target["boxes"], target["labels"], target["masks"]
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{where}: boxes must be (n, 4) xyxy, got shape {tuple(boxes.shape)}")
+    good = torch.isfinite(boxes).all(1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    if not good.all():
+        raise ValueError(f"{where}: boxes {(~good).nonzero().view(-1).tolist()} are not finite xyxy with x2 > x1 "
+                         "and y2 > y1 (drop empty boxes; xywh given?)")
+    if labels.shape != (len(boxes),) or labels.is_floating_point() or (labels < 1).any():
+        raise ValueError(f"{where}: labels must be {len(boxes)} integers >= 1 (1-based, 0 is the background), "
+                         f"got {labels.tolist()[:10]} ({labels.dtype})")
+    if tuple(masks.shape) != (len(boxes), *image_size):
+        raise ValueError(f"{where}: masks must be (n, H, W) = {(len(boxes), *image_size)}, got {tuple(masks.shape)}")
 
 
 def resize_masks(masks: Tensor, height: int, width: int) -> Tensor:
