@@ -91,6 +91,21 @@ def test_rpn_losses_equal_hand_bce_and_l1():
     assert float(losses["loss_rpn_box_reg"]) == pytest.approx(l1 / count, rel=1e-6)
 
 
+def test_usable_anchors_follow_valid_flags_and_allowed_border():
+    from iwin_models.models.detection.transform import ScaledImageList
+    rpn = SigmoidLevelNMSRPN(UnroundedAnchorGenerator(strides=(4, 8)), RPNHead(8, 3))
+    features = [torch.zeros(1, 8, 16, 16), torch.zeros(1, 8, 8, 8)]  # a 64x64 batch
+    images = ScaledImageList(torch.zeros(1, 3, 64, 64), [(30, 50)], [torch.ones(4)], [(30, 50)], [(32, 64)])
+    anchors = rpn.anchor_generator(images, features)[0]
+    valid = rpn.usable_anchors(anchors, features, images, 0)
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    assert torch.equal(valid, centres[:, 1] < 32)  # grid rows inside the image's own 32-px pad, any column
+    rpn.allowed_border = 0
+    inside = rpn.usable_anchors(anchors, features, images, 0)
+    assert torch.equal(inside, valid & (anchors[:, 0] >= 0) & (anchors[:, 1] >= 0) & (anchors[:, 2] < 50)
+                       & (anchors[:, 3] < 30))
+
+
 def test_roi_box_losses_equal_hand_ce_and_l1():
     gen = torch.Generator().manual_seed(1)
     stds = (0.1, 0.1, 0.2, 0.2)

@@ -14,9 +14,10 @@ from iwin_models.engine.detection_train import (
     detection_lr_factor,
     detection_param_groups,
     detection_train_step,
+    recipe_for,
 )
 from iwin_models.engine.training.runlog import RunLog, read_history
-from iwin_models.models.detection import build_detector
+from iwin_models.models.detection import DETECTORS, build_detector
 
 MINI = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), fpn_channels=32, fc_channels=64,
             conv_channels=32, num_classes=3)
@@ -31,6 +32,12 @@ def test_recipes_equal_the_authors_configs():
         assert (r.warmup_iters, r.warmup_ratio, r.gamma) == (500, 0.001, 0.1)
     assert (one.epochs, one.milestones, three.epochs, three.milestones) == (12, (8, 11), 36, (27, 33))
     assert TRAIN_SCALES[0] == (1333, 480) and TRAIN_SCALES[-1] == (1333, 800) and len(TRAIN_SCALES) == 11
+
+
+def test_every_registered_detector_has_its_schedule():
+    for name, spec in DETECTORS.items():
+        assert recipe_for(name).epochs == {"1x": 12, "3x": 36}[spec.schedule]
+        assert spec.config.endswith(f"adamw_{spec.schedule}_coco")
 
 
 def test_lr_factor_is_mmcv_step_with_linear_warmup():

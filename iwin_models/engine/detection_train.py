@@ -19,9 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from ..models.detection.keymaps import to_mmdet_detector
+from ..models.detection.weights import registered_detector
 
 __all__ = ["DetectionRecipe", "RECIPES", "TRAIN_SCALES", "detection_param_groups", "build_detection_optimizer",
-           "detection_lr_factor", "build_detection_scheduler", "detection_train_step"]
+           "detection_lr_factor", "build_detection_scheduler", "detection_train_step", "recipe_for"]
 
 # Resize(img_scale=[(480, 1333), ..., (800, 1333)], multiscale_mode='value'), as the model's (long, short) scales
 TRAIN_SCALES = tuple((1333, short) for short in range(480, 801, 32))
@@ -45,6 +46,11 @@ class DetectionRecipe:
 
 
 RECIPES = {"1x": DetectionRecipe(), "3x": DetectionRecipe(epochs=36, milestones=(27, 33))}
+
+
+def recipe_for(name: str) -> DetectionRecipe:
+    """The recipe of a registered detector (``iwin_tiny_mask_rcnn_coco_3x`` -> ``RECIPES['3x']``)."""
+    return RECIPES[registered_detector(name).schedule]
 
 
 def detection_param_groups(model: nn.Module, recipe: DetectionRecipe = RECIPES["1x"]) -> list[dict]:
