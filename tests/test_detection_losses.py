@@ -250,4 +250,4 @@ def test_cascade_stage_weights_are_applied(one_thread):
         "loss_classifier", "loss_box_reg", "loss_mask")}
     for key, value in weighted.items():
         stage_weight = (1.0, 0.5, 0.25)[int(key[1])] if key.startswith("s") else 1.0
-        assert float(value) == pytest.approx(stage_weight * float(plain[key]), rel=1e-6), key
+        assert float(value.detach()) == pytest.approx(stage_weight * float(plain[key].detach()), rel=1e-6), key

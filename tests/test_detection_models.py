@@ -102,7 +102,7 @@ def test_training_needs_good_targets_and_takes_images_without_objects():
              "masks": torch.zeros(0, 32, 32, dtype=torch.uint8)}
     losses = model([torch.zeros(3, 32, 32)], [empty])  # every anchor and RoI a negative
     assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
-    assert all(torch.isfinite(v) for v in losses.values()) and float(losses["loss_mask"]) == 0
+    assert all(torch.isfinite(v) for v in losses.values()) and float(losses["loss_mask"].detach()) == 0
     box = dict(empty, boxes=torch.tensor([[2.0, 2, 20, 20]]), labels=torch.tensor([1]),
                masks=torch.ones(1, 32, 32, dtype=torch.uint8))
     for bad, match in ((dict(box, boxes=torch.tensor([[2.0, 2, 2, 20]])), r"boxes \[0\] are not"),
