@@ -126,3 +126,20 @@ def test_a_few_steps_lower_the_loss(tmp_path, cascade, one_thread):
         log.draw()
     assert sum(losses[-5:]) / 5 < 0.8 * losses[0], losses
     assert [row["train/loss"] for row in read_history(tmp_path / "scalars.jsonl")] == pytest.approx(losses)
+
+
+@pytest.mark.slow
+def test_finetune_detector_example_runs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from iwin_models import create_detector
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "finetune_detector.py"
+    out = tmp_path / "finetuned"
+    proc = subprocess.run([sys.executable, str(script), "--tiny", "--no-pretrained", "--steps", "2", "--out",
+                           str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    model = create_detector("iwin_tiny_mask_rcnn_coco_3x", weights=out)
+    assert model.num_classes == 3
