@@ -91,10 +91,24 @@ def test_key_map_names_torchvision_parts():
         "roi_heads.mask_head.3.0.bias", "roi_heads.mask_predictor.2.mask_fcn_logits.weight"}
 
 
-def test_eval_only_for_now():
+def test_training_needs_good_targets_and_takes_images_without_objects():
     model = build_detector("tiny", **MINI)
-    with pytest.raises(NotImplementedError, match="training"):
-        model([torch.zeros(3, 32, 32)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}])
+    model.transform.train_scales = ((64, 32),)
+    with pytest.raises(ValueError, match="training needs targets"):
+        model([torch.zeros(3, 32, 32)])
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+             "masks": torch.zeros(0, 32, 32, dtype=torch.uint8)}
+    losses = model([torch.zeros(3, 32, 32)], [empty])  # every anchor and RoI a negative
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
+    assert all(torch.isfinite(v) for v in losses.values()) and float(losses["loss_mask"].detach()) == 0
+    box = dict(empty, boxes=torch.tensor([[2.0, 2, 20, 20]]), labels=torch.tensor([1]),
+               masks=torch.ones(1, 32, 32, dtype=torch.uint8))
+    for bad, match in ((dict(box, boxes=torch.tensor([[2.0, 2, 2, 20]])), r"boxes \[0\] are not"),
+                       (dict(box, labels=torch.tensor([0])), "1-based"), (dict(box, labels=torch.tensor([81])),
+                                                                          "> num_classes 80"),
+                       (dict(box, masks=torch.ones(1, 16, 32)), "masks must be"), ({"boxes": box["boxes"]}, "missing")):
+        with pytest.raises(ValueError, match=match):
+            model([torch.zeros(3, 32, 32)], [bad])
 
 
 def test_float_and_uint8_inputs_agree_and_labels_are_1_based():

@@ -38,6 +38,16 @@ class MMDetBoxCoder(BoxCoder):
         out = torch.stack([gx - gw * 0.5, gy - gh * 0.5, gx + gw * 0.5, gy + gh * 0.5], dim=-1)
         return out.view(rel_codes.shape)
 
+    def encode_single(self, reference_boxes: Tensor, proposals: Tensor) -> Tensor:
+        """mmdet's ``bbox2delta``: deltas of ``(N, 4)`` gt boxes on ``(N, 4)`` proposals, divided by ``stds``."""
+        px, py = (proposals[:, 0] + proposals[:, 2]) * 0.5, (proposals[:, 1] + proposals[:, 3]) * 0.5
+        pw, ph = proposals[:, 2] - proposals[:, 0], proposals[:, 3] - proposals[:, 1]
+        g = reference_boxes
+        gx, gy = (g[:, 0] + g[:, 2]) * 0.5, (g[:, 1] + g[:, 3]) * 0.5
+        gw, gh = g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]
+        deltas = torch.stack([(gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph)], dim=-1)
+        return deltas / deltas.new_tensor(self.stds)
+
 
 def clip_to_shape(boxes: Tensor, shape: Sequence[int]) -> Tensor:
     """Clip ``(N, 4k)`` boxes to an ``(h, w)`` image as mmdet does (two ``torch.where``, NaN kept)."""

@@ -1,8 +1,10 @@
 """The Iwin Mask R-CNN and Cascade Mask R-CNN detectors, wired on torchvision's GeneralizedRCNN.
 
-Calling convention (torchvision's): in eval, ``model(images)`` with a list of ``(3, H, W)`` RGB
-images (float in [0, 1] or uint8) returns per image a dict of ``boxes`` (xyxy, original pixels),
-``labels``, ``scores`` and ``masks`` ``(n, 1, H, W)`` bool, the detections best first.
+Calling convention (torchvision's): in training, ``model(images, targets)`` with per image ``boxes`` (xyxy,
+original pixels), ``labels`` (1-based) and ``masks`` ``(n, H, W)`` uint8 returns the loss dict (images and
+targets are resized together, see :class:`MMDetTrainTransform`); in eval, ``model(images)`` with a list of
+``(3, H, W)`` RGB images (float in [0, 1] or uint8) returns per image a dict of ``boxes`` (xyxy, original
+pixels), ``labels``, ``scores`` and ``masks`` ``(n, 1, H, W)`` bool, the detections best first.
 
 Labels follow torchvision: ``0`` is the background, the COCO class ``COCO_CLASSES[i]`` is label
 ``i + 1`` (the authors number the 80 classes from 0 with the background last).
@@ -21,14 +23,16 @@ from torch import Tensor
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from ...io.files import write_atomic
+from ._utils import MMDetBoxCoder
 from .anchors import UnroundedAnchorGenerator
 from .backbone import iwin_fpn
 from .cascade import CascadeRoIHeads
 from .heads import BackgroundLastPredictor, conv4_fc1_head, fcn_mask_head, mask_predictor, shared_2fc_head
+from .losses import DeltaL1Loss, DeltaSmoothL1Loss
 from .poolers import MMDetRoIAlign
 from .roi_heads import BackgroundLastRoIHeads
 from .rpn import RPNHead, SigmoidLevelNMSRPN
-from .transform import MMDetTestTransform, ScaledImageList
+from .transform import MMDetTrainTransform, ScaledImageList
 
 __all__ = ["TestConfig", "DetectorConfig", "VARIANTS", "IwinMaskRCNN", "IwinCascadeMaskRCNN", "build_detector"]
 
@@ -71,7 +75,7 @@ VARIANTS = {
 
 
 class IwinMaskRCNN(GeneralizedRCNN):
-    """Iwin + FPN Mask R-CNN (eval only for now). Parts: ``backbone`` (:class:`IwinFPN`), ``rpn``
+    """Iwin + FPN Mask R-CNN. Parts: ``backbone`` (:class:`IwinFPN`), ``rpn``
     (:class:`SigmoidLevelNMSRPN`), ``roi_heads`` (:class:`BackgroundLastRoIHeads`), ``transform``.
 
     ``config`` is the :class:`DetectorConfig` it was built from; ``name`` the registered detector (or None),
@@ -104,10 +108,20 @@ class IwinMaskRCNN(GeneralizedRCNN):
         write_atomic(folder / "README.md", lambda tmp: Path(tmp).write_text(self.card or f"# {self.name}\n"))
         return folder
 
-    def forward(self, images: list[Tensor], targets=None) -> list[dict[str, Tensor]]:
-        if self.training or targets is not None:
-            raise NotImplementedError("training the Iwin detectors is not ported yet: use model.eval()")
+    def forward(self, images: list[Tensor], targets=None):
+        """Training: the loss dict; eval: the detections (``targets`` ignored)."""
+        if self.training:
+            if targets is None:
+                raise ValueError("training needs targets (per image boxes, labels, masks); or call model.eval()")
+            return self.losses_prepared(*self.transform.train_batch(images, targets))
         return [self.detect_prepared(self.transform(image))[0] for image in images]
+
+    def losses_prepared(self, images: ScaledImageList, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The losses of a preprocessed batch; ``targets`` at the input's scale (boxes, labels, masks)."""
+        features = self.backbone(images.tensors)
+        proposals, losses = self.rpn(images, features, targets)
+        losses.update(self.roi_heads(features, proposals, images.image_sizes, images.scale_factors, targets))
+        return losses
 
     def detect_prepared(self, images: ScaledImageList) -> list[dict[str, Tensor]]:
         """The detections of an already preprocessed input (the authors' padded tensor + metas)."""
@@ -123,6 +137,14 @@ class IwinCascadeMaskRCNN(IwinMaskRCNN):
 
 def _listed(values) -> list | None:
     return None if values is None else list(values)
+
+
+def _rpn_train_cfg(cascade: bool) -> dict:
+    """The RPN's ``train_cfg.rpn`` / ``rpn_proposal`` and loss where the two base configs differ."""
+    coder = MMDetBoxCoder()
+    if cascade:  # cascade_mask_rcnn_iwin_fpn.py: SmoothL1Loss(beta=1/9), allowed_border=0, 2000 proposals
+        return dict(train_nms_pre=2000, train_max_per_img=2000, allowed_border=0, box_loss=DeltaSmoothL1Loss(coder))
+    return dict(train_nms_pre=2000, train_max_per_img=1000, allowed_border=-1, box_loss=DeltaL1Loss(coder))
 
 
 def _roi_heads(cfg: DetectorConfig) -> BackgroundLastRoIHeads:
@@ -150,8 +172,8 @@ def build_detector(variant: str | DetectorConfig = "tiny", cascade: bool = False
     test = cfg.test_cfg
     rpn = SigmoidLevelNMSRPN(anchors, RPNHead(cfg.fpn_channels, anchors.num_anchors_per_location()[0]),
                              nms_pre=test.rpn_nms_pre, max_per_img=test.rpn_max_per_img,
-                             iou_threshold=test.rpn_iou_threshold)
+                             iou_threshold=test.rpn_iou_threshold, **_rpn_train_cfg(cfg.cascade))
     cls = IwinCascadeMaskRCNN if cfg.cascade else IwinMaskRCNN
-    model = cls(backbone, rpn, _roi_heads(cfg), MMDetTestTransform(mask_threshold=test.mask_thr_binary))
+    model = cls(backbone, rpn, _roi_heads(cfg), MMDetTrainTransform(mask_threshold=test.mask_thr_binary))
     model.config = cfg
     return model

@@ -9,6 +9,8 @@ from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from ._utils import MMDetBoxCoder, batched_nms, clip_to_shape, rois_from_boxes
+from .losses import DeltaL1Loss, MaxIoUMatcher, mask_loss, mask_targets
+from .sampling import SampledRoIs, box_head_losses, sample_rois
 
 __all__ = ["BackgroundLastRoIHeads", "multiclass_nms"]
 
@@ -36,26 +38,67 @@ class BackgroundLastRoIHeads(RoIHeads):
 
     ``forward`` gives per image ``boxes`` (original pixels), ``scores``, ``labels`` (0-based, no
     background), ``mask_probs`` ``(n, 28, 28)`` (the label's channel), ``mask_boxes`` (input pixels,
-    where the masks are pasted from) and ``has_mask``. Eval only.
+    where the masks are pasted from) and ``has_mask``.
+
+    In training (``targets`` per image: ``boxes`` in input pixels, 1-based ``labels``, ``masks``
+    ``(n, H', W')``) it returns ``loss_classifier``, ``loss_box_reg`` and ``loss_mask`` (the authors'
+    ``train_cfg.rcnn``: :class:`MaxIoUMatcher` 0.5 with low-quality matches, 512 RoIs with a quarter
+    positives, gts added to the proposals; CE, L1 on deltas with the coder's stds, mask BCE on 28x28 targets).
     """
 
     def __init__(self, box_roi_pool: nn.Module, box_head: nn.Module, box_predictor: nn.Module,
                  mask_roi_pool: nn.Module, mask_head: nn.Module, mask_predictor: nn.Module,
                  box_stds: Sequence[float] = (0.1, 0.1, 0.2, 0.2), score_thresh: float = 0.05,
                  nms_thresh: float = 0.5, detections_per_img: int = 100):
-        # the training arguments are the authors' train_cfg.rcnn, kept for the later training port
         super().__init__(box_roi_pool, box_head, box_predictor, fg_iou_thresh=0.5, bg_iou_thresh=0.5,
                          batch_size_per_image=512, positive_fraction=0.25, bbox_reg_weights=None,
                          score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
                          mask_roi_pool=mask_roi_pool, mask_head=mask_head, mask_predictor=mask_predictor)
         self.box_coder = MMDetBoxCoder(box_stds)
+        self.proposal_matcher = MaxIoUMatcher(0.5, 0.5, min_pos_iou=0.5, match_low_quality=True)
+        self.box_loss = DeltaL1Loss(self.box_coder)
 
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
-                scale_factors: list[Tensor]) -> list[dict[str, Tensor]]:
-        if self.training:
-            raise NotImplementedError("the Iwin detectors' RoI heads are ported for inference only")
+                scale_factors: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         feats = [features[k] for k in self.box_roi_pool.featmap_names]
+        if self.training:
+            return self.train_losses(feats, proposals, image_shapes, targets)
         return [self.detect(feats, p, s, f) for p, s, f in zip(proposals, image_shapes, scale_factors)]
+
+    @property
+    def num_classes(self) -> int:
+        return self.box_stage(0)[1].cls_score.out_features - 1
+
+    def train_losses(self, feats: list[Tensor], proposals: list[Tensor], image_shapes, targets) -> dict[str, Tensor]:
+        samples = self.sample(proposals, targets, self.proposal_matcher)
+        return self.stage_losses(feats, samples, targets, 0)[0]
+
+    def sample(self, proposals: list[Tensor], targets, matcher: MaxIoUMatcher) -> list[SampledRoIs]:
+        labels = [t["labels"] - 1 for t in targets]  # 1-based -> the authors' 0-based foreground classes
+        for index, lab in enumerate(labels):
+            if lab.numel() and int(lab.max()) >= self.num_classes:
+                raise ValueError(f"target {index}: label {int(lab.max()) + 1} > num_classes {self.num_classes}")
+        return sample_rois(proposals, [t["boxes"] for t in targets], labels, matcher, self.fg_bg_sampler,
+                           self.num_classes)
+
+    def stage_losses(self, feats: list[Tensor], samples: list[SampledRoIs], targets, stage: int):
+        """A stage's box and mask losses, and its ``(rois, cls_score, bbox_pred)``."""
+        rois = rois_from_boxes([s.boxes for s in samples])
+        cls_score, bbox_pred = self.box_forward(feats, rois, stage)
+        losses = box_head_losses(cls_score, bbox_pred, samples, [t["boxes"] for t in targets],
+                                 self.stage_box_loss(stage))
+        losses["loss_mask"] = self.mask_train_loss(feats, samples, targets, stage)
+        return losses, (rois, cls_score, bbox_pred)
+
+    def stage_box_loss(self, stage: int) -> DeltaL1Loss:
+        return self.box_loss
+
+    def mask_train_loss(self, feats: list[Tensor], samples: list[SampledRoIs], targets, stage: int) -> Tensor:
+        """Mask BCE of the positives (``FCNMaskHead.loss``); targets cropped from each image's gt masks."""
+        logits = self.mask_forward(feats, rois_from_boxes([s.pos_boxes for s in samples]), stage)
+        size = logits.shape[-1]
+        goal = torch.cat([mask_targets(t["masks"], s.gt_inds, s.pos_boxes, size) for t, s in zip(targets, samples)])
+        return mask_loss(logits, torch.cat([s.labels[: s.num_pos] for s in samples]), goal)
 
     def detect(self, feats: list[Tensor], proposals: Tensor, image_shape, scale_factor: Tensor) -> dict[str, Tensor]:
         """One image (``feats`` of batch size 1): detections and mask probabilities."""

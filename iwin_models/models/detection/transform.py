@@ -10,23 +10,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 
-__all__ = ["ScaledImageList", "MMDetTestTransform", "rescale_size", "paste_masks"]
+__all__ = ["ScaledImageList", "MMDetTestTransform", "MMDetTrainTransform", "rescale_size", "paste_masks"]
 
 
 class ScaledImageList(ImageList):
     """torchvision's ImageList with the rest of mmdet's ``img_metas``: per image the ``scale_factors``
     (float32 ``[w, h, w, h]``) and the ``original_image_sizes`` ``(h, w)``; ``image_sizes`` are the
-    unpadded resized sizes (mmdet's ``img_shape``, what boxes are clipped to)."""
+    unpadded resized sizes (mmdet's ``img_shape``, what boxes are clipped to) and ``pad_sizes`` each image's
+    own padded size (``pad_shape``; the batch tensor may be larger), by default the tensor's."""
 
     def __init__(self, tensors: Tensor, image_sizes: list[tuple[int, int]], scale_factors: list[Tensor],
-                 original_image_sizes: list[tuple[int, int]]):
+                 original_image_sizes: list[tuple[int, int]], pad_sizes: list[tuple[int, int]] | None = None):
         super().__init__(tensors, image_sizes)
         self.scale_factors = scale_factors
         self.original_image_sizes = original_image_sizes
+        self.pad_sizes = pad_sizes or [tuple(tensors.shape[-2:])] * len(image_sizes)
 
     def to(self, device: torch.device) -> ScaledImageList:
         return ScaledImageList(self.tensors.to(device), self.image_sizes, [f.to(device) for f in self.scale_factors],
-                               self.original_image_sizes)
+                               self.original_image_sizes, self.pad_sizes)
 
 
 def rescale_size(height: int, width: int, scale: Sequence[int] = (1333, 800)) -> tuple[int, int]:
@@ -90,6 +92,85 @@ class MMDetTestTransform(nn.Module):
         masks = paste_masks(det["mask_probs"], det["mask_boxes"] / scale_factor, original_size, self.mask_threshold)
         masks &= det["has_mask"][:, None, None]
         return dict(boxes=det["boxes"], labels=det["labels"] + 1, scores=det["scores"], masks=masks[:, None])
+
+
+class MMDetTrainTransform(MMDetTestTransform):
+    """The test transform plus the training resize of images **and** targets (``train_batch``).
+
+    Per image a scale drawn uniformly from ``train_scales`` (mmdet's ``Resize(multiscale_mode='value')``;
+    default: the test scale), the image resized as at test time, boxes multiplied by the float32 scale
+    factors and clipped to the resized image (``transforms.py:_resize_bboxes``), masks resized with cv2's
+    nearest neighbour (``BitmapMasks.rescale``). Images are padded to 32 and then to the batch's largest.
+    Flips and crops belong to the data pipeline, before the model.
+    """
+
+    def __init__(self, train_scales: Sequence[Sequence[int]] = ((1333, 800),), **kwargs):
+        super().__init__(**kwargs)
+        self.train_scales = tuple(tuple(s) for s in train_scales)
+
+    def train_batch(self, images: list[Tensor], targets: list[dict[str, Tensor]]):
+        """``(ScaledImageList, targets)``: targets with ``boxes`` in input pixels, ``labels``, ``masks``
+        ``(n, H', W')`` uint8 at the resized size."""
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        inputs, out_targets = [], []
+        for index, (image, target) in enumerate(zip(images, targets)):
+            check_target(target, tuple(image.shape[-2:]), index)
+            scale = self.train_scales[int(torch.randint(len(self.train_scales), ()))]
+            batch, resized_target = self.resize_pair(image, target, scale)
+            inputs.append(batch)
+            out_targets.append(resized_target)
+        height = max(b.tensors.shape[-2] for b in inputs)
+        width = max(b.tensors.shape[-1] for b in inputs)
+        tensors = torch.cat([F.pad(b.tensors, (0, width - b.tensors.shape[-1], 0, height - b.tensors.shape[-2]))
+                             for b in inputs])
+        merged = ScaledImageList(tensors, [b.image_sizes[0] for b in inputs], [b.scale_factors[0] for b in inputs],
+                                 [b.original_image_sizes[0] for b in inputs], [b.pad_sizes[0] for b in inputs])
+        return merged, out_targets
+
+    def resize_pair(self, image: Tensor, target: dict[str, Tensor], scale: Sequence[int]):
+        if image.is_floating_point():
+            image = (image * 255).round().clamp(0, 255).to(torch.uint8)
+        rgb = image.permute(1, 2, 0).cpu().numpy()
+        new_h, new_w = rescale_size(rgb.shape[0], rgb.shape[1], scale)
+        batch = self.from_resized(cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR), rgb.shape[:2],
+                                  device=image.device)
+        factor = batch.scale_factors[0]
+        boxes = target["boxes"].to(factor) * factor
+        boxes = torch.stack([boxes[:, 0::2].clamp(0, new_w), boxes[:, 1::2].clamp(0, new_h)], dim=2).view(-1, 4)
+        out = dict(target, boxes=boxes)
+        if "masks" in target:
+            out["masks"] = resize_masks(target["masks"], new_h, new_w).to(image.device)
+        return batch, out
+
+
+def check_target(target: dict[str, Tensor], image_size: tuple[int, int], index: int = 0) -> None:
+    """ValueError naming the image and the problem where a training target cannot be trained on: ``boxes``
+    ``(n, 4)`` finite xyxy with positive width and height (mmdet's COCO loader drops the others), ``labels``
+    ``(n,)`` integers >= 1 (0 is the background), ``masks`` ``(n, H, W)`` at the image's size."""
+    where = f"target {index}"
+    missing = {"boxes", "labels", "masks"} - set(target)
+    if missing:
+        raise ValueError(f"{where}: missing {sorted(missing)} (Mask R-CNN training needs boxes, labels and masks)")
+    boxes, labels, masks = target["boxes"], target["labels"], target["masks"]
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{where}: boxes must be (n, 4) xyxy, got shape {tuple(boxes.shape)}")
+    good = torch.isfinite(boxes).all(1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    if not good.all():
+        raise ValueError(f"{where}: boxes {(~good).nonzero().view(-1).tolist()} are not finite xyxy with x2 > x1 "
+                         "and y2 > y1 (drop empty boxes; xywh given?)")
+    if labels.shape != (len(boxes),) or labels.is_floating_point() or (labels < 1).any():
+        raise ValueError(f"{where}: labels must be {len(boxes)} integers >= 1 (1-based, 0 is the background), "
+                         f"got {labels.tolist()[:10]} ({labels.dtype})")
+    if tuple(masks.shape) != (len(boxes), *image_size):
+        raise ValueError(f"{where}: masks must be (n, H, W) = {(len(boxes), *image_size)}, got {tuple(masks.shape)}")
+
+
+def resize_masks(masks: Tensor, height: int, width: int) -> Tensor:
+    """``(n, H, W)`` -> ``(n, height, width)`` uint8 by cv2 nearest neighbour, one mask at a time."""
+    arrays = masks.to(torch.uint8).cpu().numpy()
+    resized = [cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST) for m in arrays]
+    return torch.from_numpy(np.stack(resized)) if resized else torch.zeros((0, height, width), dtype=torch.uint8)
 
 
 def paste_masks(probs: Tensor, boxes: Tensor, image_size: Sequence[int], threshold: float = 0.5) -> Tensor:
