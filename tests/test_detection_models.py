@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from _detectors import MINI
 
 from iwin_models.io.checkpoint import CheckpointError
 from iwin_models.models.detection import (
@@ -17,9 +18,6 @@ from iwin_models.models.detection import (
     to_mmdet_detector,
 )
 from iwin_models.models.detection.keymaps import meta_tensors
-
-MINI = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), fpn_channels=32, fc_channels=64,
-            conv_channels=32)
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _detectors import MINI
 
 from iwin_models.models.detection import ScaledImageList, build_detector, load_mmdet_checkpoint
 
 MODELS = ("mini_mask_rcnn", "mini_cascade_mask_rcnn")
 IMAGES = ("img_a", "img_b", "img_strip")
-MINI = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), fpn_channels=32, fc_channels=64,
-            conv_channels=32)
 
 
 @pytest.fixture(scope="module")

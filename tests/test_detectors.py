@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _detectors import MINI, MINIS, mini_detector
 from PIL import Image
 
 import iwin_models
@@ -20,10 +21,6 @@ from iwin_models.io.checkpoint import torch_hub_checkpoints
 from iwin_models.models.detection import to_mmdet_detector
 from iwin_models.models.detection.weights import DOWNLOAD_BASE, detector_table
 
-MINI = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), fpn_channels=32, fc_channels=64,
-            conv_channels=32)
-MINIS = {"mini_mask_rcnn": "iwin_tiny_mask_rcnn_coco_3x",
-         "mini_cascade_mask_rcnn": "iwin_tiny_cascade_mask_rcnn_coco_3x"}
 RELEASED = ("iwin_tiny_mask_rcnn_coco_1x", "iwin_tiny_mask_rcnn_coco_3x", "iwin_small_mask_rcnn_coco_1x",
             "iwin_small_mask_rcnn_coco_3x", "iwin_tiny_cascade_mask_rcnn_coco_1x",
             "iwin_tiny_cascade_mask_rcnn_coco_3x", "iwin_small_cascade_mask_rcnn_coco_3x")
@@ -43,7 +40,7 @@ _MODELS: dict = {}
 
 def _mini(fx, name: str = "mini_mask_rcnn"):
     if name not in _MODELS:
-        _MODELS[name] = create_detector(MINIS[name], weights=fx / f"{name}.pth", **MINI)
+        _MODELS[name] = mini_detector(fx, name)
     return _MODELS[name]
 
 

@@ -4,7 +4,8 @@ One module per command (``iwin_models.apps.cli.<command>``, each with ``add_argu
 ``run(args) -> int``); this file only dispatches, importing just the module of the command given, so
 start-up stays fast and ``iwin-seg --help`` lists every command. Errors the user can fix (bad paths,
 bad checkpoints, bad arguments) are printed as one line, ``iwin-seg <command>: error: ...``, and exit
-with status 2, without a traceback; Ctrl-C exits with 130.
+with status 2, without a traceback; Ctrl-C exits with 130. ``iwin-det`` (the detectors' commands,
+:mod:`iwin_models.apps.cli.det`) runs through the same :func:`main`.
 """
 from __future__ import annotations
 
@@ -25,18 +26,20 @@ COMMANDS = {  # name: help (the module is iwin_models.apps.cli.<name>)
 }
 
 
-def _module(command: str):
-    return importlib.import_module(f"{__name__}.{command}")
+def _module(package: str, command: str):
+    return importlib.import_module(f"{package}.{command}")
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; only ``command``'s module is imported and given its options."""
-    parser = argparse.ArgumentParser(prog="iwin-seg", description=__doc__.splitlines()[0])
+def build_parser(command: str | None = None, *, prog: str = "iwin-seg", commands: dict[str, str] = COMMANDS,
+                 package: str = __name__, description: str = __doc__.splitlines()[0]) -> argparse.ArgumentParser:
+    """The parser of ``prog`` (``iwin-seg``; ``iwin-det`` with its ``commands`` in ``package``): only
+    ``command``'s module is imported and given its options."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in COMMANDS.items():
+    for name, help_text in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == command:
-            _module(name).add_arguments(p)
+            _module(package, name).add_arguments(p)
     return parser
 
 
@@ -44,17 +47,20 @@ def _one_line(error: BaseException) -> str:
     return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``iwin-seg`` with ``argv`` (default: the command line); returns the exit status."""
+def main(argv: list[str] | None = None, *, prog: str = "iwin-seg", commands: dict[str, str] = COMMANDS,
+         package: str = __name__, description: str = __doc__.splitlines()[0]) -> int:
+    """Run ``prog`` with ``argv`` (default: the command line); returns the exit status. ``iwin-seg`` by default;
+    :func:`iwin_models.apps.cli.det.main` runs ``iwin-det`` through it (its ``commands`` in its ``package``)."""
     from ...io.checkpoint import CheckpointError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    args = build_parser(command if command in commands else None, prog=prog, commands=commands, package=package,
+                        description=description).parse_args(argv)
     try:
-        return _module(args.command).run(args) or 0
+        return _module(package, args.command).run(args) or 0
     except (CheckpointError, FileNotFoundError, ValueError, TypeError, OSError) as e:
-        print(f"iwin-seg {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{prog} {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

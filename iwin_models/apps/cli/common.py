@@ -24,7 +24,8 @@ from ...models.segmenters import STARTS, load_segmenter, parse_device, starts_ra
 from ...models.weights import ADE20K_PROTOCOL, SEGMENTERS
 
 __all__ = ["PRECISIONS", "STARTS", "add_model_arguments", "add_precision_option", "add_fast_option", "fast_model",
-           "resolve_model", "build_dataset", "parse_device", "check_dependencies", "MissingExtraError"]
+           "resolve_model", "build_dataset", "parse_device", "check_dependencies", "MissingExtraError",
+           "add_detector_arguments", "resolve_detector"]
 
 DEFAULT_MODEL = "iwin_tiny_upernet_ade20k"
 _WEIGHTS_HELP = ("official mmseg .pth (a path, or the file name of a download in $TORCH_HOME/hub/checkpoints), "
@@ -75,6 +76,26 @@ def resolve_model(name: str, weights: str | None = None, *, device: str | torch.
               f"(pass --weights with the official checkpoint for a useful model)", file=sys.stderr)
     return load_segmenter(name, weights, device=device, start=start, num_classes=num_classes, warn=False,
                           **create_kwargs)
+
+
+def add_detector_arguments(parser) -> None:
+    """``--model`` (a registered detector, required) and ``--weights`` on ``parser``, for ``iwin-det``."""
+    from ...models.detection.weights import DETECTORS
+
+    parser.add_argument("--model", required=True, metavar="NAME",
+                        help=f"detector name ({', '.join(DETECTORS)})")
+    parser.add_argument("--weights", help="the authors' mmdet .pth (a path, or the file name of a download in "
+                                          "$TORCH_HOME/hub/checkpoints), safetensors file, save_pretrained / iwin-det "
+                                          "convert folder, or URL (default: the authors' released checkpoint)")
+
+
+def resolve_detector(name: str, weights: str | None = None, *, device: str | torch.device | None = "cpu"):
+    """``--model`` and ``--weights`` -> the detector on ``device``, in eval mode, through the library's
+    :func:`iwin_models.create_detector` (without ``weights``: the authors' released checkpoint, downloaded once
+    into the torch.hub cache)."""
+    from ...models.detectors import create_detector
+
+    return create_detector(name, pretrained=weights is None, weights=weights).to(device).eval()
 
 
 class MissingExtraError(ValueError):

@@ -95,9 +95,10 @@ def _folders(files: Sequence[Path]) -> list[Path]:
     return [p.relative_to(common) for p in parents]
 
 
-def output_names(files: Sequence[Path]) -> dict[Path, Path]:
-    """Each image -> where its results go under ``--out``, without the ``_overlay.png`` / ``_labels.png`` ending
-    (see the module docstring); a ValueError naming both images if two would still write the same file."""
+def output_names(files: Sequence[Path], endings: Sequence[str] = ("_overlay.png", "_labels.png")) -> dict[Path, Path]:
+    """Each image -> where its results go under ``--out``, without the ``endings`` of its files (``iwin-det
+    predict``: ``_overlay.png`` and ``.json``; see the module docstring); a ValueError naming both images if two
+    would still write the same file."""
     folders = _folders(files)
     # compared without case: X.jpg and x.jpg would write one file on macOS and Windows (and on their shares)
     stems = Counter((folder, f.stem.casefold()) for folder, f in zip(folders, files))
@@ -106,7 +107,7 @@ def output_names(files: Sequence[Path]) -> dict[Path, Path]:
         name = folder / (f.stem if stems[folder, f.stem.casefold()] == 1 else f.name)
         other = writer.setdefault(str(name).casefold(), f)
         if other != f:
-            raise ValueError(f"{other} and {f} would both write {name}_overlay.png and {name}_labels.png: "
+            raise ValueError(f"{other} and {f} would both write {' and '.join(f'{name}{e}' for e in endings)}: "
                              f"rename one or run them separately")
         names[f] = name
     return names
