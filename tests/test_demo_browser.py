@@ -189,32 +189,39 @@ def expected(server):
                                                                                                       np.uint8))
 
 
-def _browse(url: str):
-    """One Chromium page on ``url`` (a generator); every request to another host is recorded in ``page.outside``
-    and aborted."""
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (one for the module: playwright's sync API runs one at a time in a thread)."""
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
-        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
-        tab.outside = []
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        yield chromium
+        chromium.close()
 
-        def route(r):
-            request_url = r.request.url
-            if request_url.startswith(("data:", "blob:")) or urlparse(request_url).hostname in LOOPBACK:
-                r.continue_()
-            else:
-                tab.outside.append(request_url)
-                r.abort()
 
-        tab.route("**/*", route)
-        tab.goto(url)
-        tab.wait_for_selector("#run", timeout=RESULT_TIMEOUT_MS)
-        yield tab
-        browser.close()
+def _browse(browser, url: str):
+    """One page on ``url`` (a generator); every request to another host is recorded in ``page.outside`` and
+    aborted."""
+    tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+    tab.outside = []
+
+    def route(r):
+        request_url = r.request.url
+        if request_url.startswith(("data:", "blob:")) or urlparse(request_url).hostname in LOOPBACK:
+            r.continue_()
+        else:
+            tab.outside.append(request_url)
+            r.abort()
+
+    tab.route("**/*", route)
+    tab.goto(url)
+    tab.wait_for_selector("#run", timeout=RESULT_TIMEOUT_MS)
+    yield tab
+    tab.close()
 
 
 @pytest.fixture(scope="module")
-def page(server):
-    yield from _browse(server["url"])
+def page(browser, server):
+    yield from _browse(browser, server["url"])
 
 
 @pytest.fixture(scope="module")
@@ -325,8 +332,8 @@ def det_server(tmp_path_factory, fixtures_dir):
 
 
 @pytest.fixture(scope="module")
-def det_page(det_server):
-    yield from _browse(det_server["url"])
+def det_page(browser, det_server):
+    yield from _browse(browser, det_server["url"])
 
 
 @pytest.fixture(scope="module")
