@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import importlib.util
+import json
 import socket
 import struct
 import subprocess
@@ -18,19 +19,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _detectors import MINIS, mini_detector
 from conftest import MINI, REPO
 from PIL import Image
 
+from iwin_models import create_detector, detect
 from iwin_models.apps import demo, visualize
 from iwin_models.apps.cli import main as cli
 from iwin_models.apps.demo import app as demo_app
-from iwin_models.apps.demo import photos, pictures, segment_tab
+from iwin_models.apps.demo import detect_tab, detections, photos, pictures, segment_tab
 from iwin_models.apps.demo import session as demo_session
 from iwin_models.data import SAMPLE_IMAGE, ade20k
 from iwin_models.engine import inference
+from iwin_models.engine.detection import Detections
+from iwin_models.engine.detection_eval import detections_json
 from iwin_models.engine.inference import segment
 from iwin_models.io import images
+from iwin_models.io.images import load_image
 from iwin_models.models import weights
+from iwin_models.models.detection.weights import DETECTORS
 from iwin_models.models.segmenters import load_segmenter
 from iwin_models.models.upernet import IwinUPerNet
 from iwin_models.models.weights import EvalProtocol
@@ -276,16 +283,145 @@ def test_the_server_keeps_the_last_results_only(session, monkeypatch):
 
 def test_random_weights_are_said_next_to_the_result(mini, tmp_path):
     choices = demo.registered_choices()  # the test's torch.hub cache is empty
-    assert [c.start for c in choices] == ["random"] * 3 and all("RANDOM weights" in c.note for c in choices)
+    released = [name for name, spec in DETECTORS.items() if spec.released]
+    assert [c.kind for c in choices] == ["segmenter"] * 3 + ["detector"] * len(released)
+    assert [c.model for c in choices[3:]] == released
+    assert {c.start for c in choices} == {"random"} and all("RANDOM weights" in c.note for c in choices)
     assert "iwin_small_patch4_window7_512_ade20k_1k.pth is not in the torch.hub cache" in choices[1].note
+    assert "its detections mean nothing" in choices[3].note
     assert all(c.start == "official" and not c.note for c in demo.registered_choices(download=True))
     choices, default = demo.default_choices("iwin_small_upernet_ade20k")
-    assert default == "Iwin-S UPerNet (random weights)" and len(choices) == 3
+    assert default == "Iwin-S UPerNet (random weights)" and len(choices) == 3 + len(released)
     session = demo.DemoSession([demo.ModelChoice("mini", str(mini), note="mini has RANDOM weights")],
                                workdir=tmp_path)
     out = segment_tab.handle_run(_FakeGradio(), session, {"path": str(SAMPLE_IMAGE), "orig_name": "sample.jpg"}, "mini",
                           "whole", "fp32", 0.5)
     assert out[7] == "**Warning:** mini has RANDOM weights" and out[8] == ""
+
+
+# --- the detection tab -----------------------------------------------------------------------------
+
+DET_NAME = MINIS["mini_mask_rcnn"]
+
+
+@pytest.fixture(scope="module")
+def det_folder(fixtures_dir, tmp_path_factory) -> Path:
+    """The fixtures' mini Mask R-CNN (80 COCO classes) as a save_pretrained folder."""
+    path = fixtures_dir / "detection"
+    if not (path / "mini_mask_rcnn.pth").is_file():
+        pytest.skip(f"detection fixtures not found under {path}")
+    return mini_detector(path).save_pretrained(tmp_path_factory.mktemp("det") / "mini_det")
+
+
+@pytest.fixture(scope="module")
+def det_session(det_folder, tmp_path_factory) -> demo.DemoSession:
+    choices, default = demo.default_choices(DET_NAME, str(det_folder))
+    return demo.DemoSession(choices, default=default, workdir=tmp_path_factory.mktemp("det_downloads"))
+
+
+@pytest.fixture(scope="module")
+def det_run(det_session, det_folder):
+    """The sample through the tab's Detect (threshold 0.3), and detect() here on the same model."""
+    out = detect_tab.handle_run(_FakeGradio(), det_session, {"path": str(SAMPLE_IMAGE), "orig_name": "sample.jpg"},
+                                det_session.default, detect_tab.THRESHOLD)
+    return out, detect(create_detector(DET_NAME, weights=det_folder), SAMPLE_IMAGE)
+
+
+def _found(scores, labels, h=20, w=30) -> Detections:
+    n = len(scores)
+    boxes = np.tile(np.array([2, 3, 12, 15], np.float32), (n, 1)) + np.arange(n, dtype=np.float32)[:, None]
+    masks = np.zeros((n, h, w), bool)
+    masks[:, 5:10, 5:20] = True
+    return Detections(boxes=boxes, scores=np.asarray(scores, np.float32), labels=np.asarray(labels, np.int64),
+                      masks=masks, class_names=["cat", "dog", "bird"], category_ids=[17, 18, 16])
+
+
+def test_the_menus_carry_their_kind_and_the_command_line_s_detector_comes_first(det_session, det_folder):
+    label = f"{DETECTORS[DET_NAME].title} + {det_folder.name}"
+    assert det_session.default == label == det_session.default_for("detector")
+    assert det_session.labels("detector")[0] == label and det_session.choices[label].weights == str(det_folder)
+    assert det_session.labels("segmenter") == [c.label for c in demo.registered_choices()[:3]]
+    assert det_session.default_for("segmenter") == det_session.labels("segmenter")[0]
+    assert demo.default_choices(DET_NAME)[1] == f"{DETECTORS[DET_NAME].title} (random weights)"  # a registered one
+    assert [tab.LABEL for tab in demo_app.shown_tabs(det_session)] == ["Segmentation", "Detection"]
+    only_segmenters = demo.DemoSession([demo.ModelChoice("m", "m")])
+    assert [tab.LABEL for tab in demo_app.shown_tabs(only_segmenters)] == ["Segmentation"]  # no tab bar
+
+
+def test_detect_runs_once_and_the_threshold_only_filters(det_session, det_run, monkeypatch):
+    (overlay, counts, files, info, note, status, key), found = det_run
+    result = det_session.result(key)
+    assert status == note == "" and "sample.jpg" in info and "640 x 427 pixels" in info
+    assert np.array_equal(result.found.scores, found.scores) and np.array_equal(result.found.labels, found.labels)
+    assert np.allclose(result.found.boxes, found.boxes, atol=1e-3) and len(found) > 0
+    assert np.array_equal(overlay, np.asarray(visualize.detection_overlay(load_image(SAMPLE_IMAGE), found, 0.3)))
+    kept = found.names[:int((found.scores >= 0.3).sum())]
+    assert demo.class_counts(found, 0.3) == sorted(
+        [(found.class_names.index(n), n, kept.count(n)) for n in dict.fromkeys(kept)], key=lambda c: -c[2])
+    assert f"{len(kept)} detections scoring 0.30 or more (of {len(found)})" in counts
+    monkeypatch.setattr(detections, "run_detection", lambda *a, **k: pytest.fail("the model ran again"))
+    high = float(np.sort(found.scores)[len(found) // 2])
+    again, high_counts, files = detect_tab.handle_render(_FakeGradio(), det_session, key, high)
+    assert np.array_equal(again, np.asarray(visualize.detection_overlay(load_image(SAMPLE_IMAGE), found, high)))
+    assert sum(n for *_, n in demo.class_counts(found, high)) == int((found.scores >= high).sum()) < len(kept)
+    assert f"{int((found.scores >= high).sum())} detections scoring {high:.2f} or more" in high_counts
+    assert [Path(f).name for f in files] == ["sample_overlay.png", "sample_detections.json"]
+
+
+def test_counts_are_by_class_most_first_with_their_colours():
+    found = _found([0.9, 0.8, 0.7, 0.6, 0.2], [1, 0, 0, 2, 2])
+    assert demo.class_counts(found, 0.5) == [(0, "cat", 2), (1, "dog", 1), (2, "bird", 1)]
+    assert demo.class_counts(found, 0.1)[0] == (0, "cat", 2) and demo.class_counts(found, 0.95) == []
+    page = demo.counts_html(found, 0.5)
+    assert page.count("<li>") == 3 and "4 detections scoring 0.50 or more (of 5)" in page
+    assert f'rgb{visualize.class_colour(0)}"></span>cat <b>2</b></li>' in page
+    assert "1 detection scoring 0.90 or more" in demo.counts_html(found, 0.9)
+
+
+def test_the_downloads_are_the_overlay_and_coco_json_at_the_threshold(det_session, tmp_path):
+    image, found = _rgb(20, 30), _found([0.9, 0.4, 0.2], [1, 0, 2])
+    shown_image, shown = pictures.preview_detections(image, found)
+    assert shown_image is image and shown is found
+    result = demo.DetectionResult("a b.png", image, found, image, found, "mini", dict(read=0, model=0, total=0))
+    overlay_path, json_path = demo.detection_downloads(det_session, result, 0.3)
+    assert overlay_path.name == "a b_overlay.png" and json_path.name == "a b_detections.json"
+    expected_overlay = np.asarray(visualize.detection_overlay(image, found, 0.3))
+    assert np.array_equal(np.asarray(Image.open(overlay_path)), expected_overlay)
+    record = json.loads(json_path.read_text())
+    expected = detections_json(detections.above(found, 0.3), "a b.png", image.shape)
+    assert {k: record[k] for k in expected} == json.loads(json.dumps(expected))
+    assert [d["category_id"] for d in record["detections"]] == [18, 17] and record["score_threshold"] == 0.3
+    assert record["detections"][0]["bbox"] == [2.0, 3.0, 10.0, 12.0] and record["height"] == 20
+    assert sorted(p.name for p in json_path.parent.iterdir()) == ["a b_detections.json", "a b_overlay.png"]
+
+
+def test_large_photos_show_their_detections_downscaled():
+    image = _rgb(40, 4096)
+    found = _found([0.9], [0], 40, 4096)
+    shown_image, shown = pictures.preview_detections(image, found, edge=2048)
+    assert shown_image.shape == (20, 2048, 3) and shown.masks.shape == (1, 20, 2048)
+    assert np.allclose(shown.boxes[0], found.boxes[0] / 2) and np.array_equal(shown.masks, found.masks[:, ::2, ::2])
+
+
+def test_the_detection_tab_says_what_is_wrong_and_goes_on(det_session, det_run, tmp_path, monkeypatch):
+    gr = _FakeGradio()
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    out = detect_tab.handle_run(gr, det_session, {"path": str(tmp_path / "broken.jpg"), "orig_name": "broken.jpg"},
+                                det_session.default, 0.3)
+    assert "broken.jpg is not a readable image" in out[5] and out[0] is None and out[-1] is None
+    assert "broken.jpg is not a readable image" in gr.warnings[0]
+    out = detect_tab.handle_run(gr, det_session, None, det_session.default, 0.3)
+    assert "no photo" in out[5]
+    out = detect_tab.handle_run(gr, det_session, str(SAMPLE_IMAGE), det_session.labels("segmenter")[0], 0.3)
+    assert "no detector" in out[5]
+    monkeypatch.setattr(det_session, "max_pixels", 1000)
+    out = detect_tab.handle_run(gr, det_session, str(SAMPLE_IMAGE), det_session.default, 0.3)
+    assert "sample.jpg has 640 x 427 pixels" in out[5] and "over the limit" in out[5]
+    assert detect_tab.handle_render(gr, det_session, "gone", 0.5) == ({}, {}, {})
+    assert "press Detect again" in gr.warnings[-1]
+    monkeypatch.setattr(det_session, "max_pixels", None)
+    out = detect_tab.handle_run(gr, det_session, str(SAMPLE_IMAGE), det_session.default, 0.3)
+    assert out[5] == "" and out[0].shape == (427, 640, 3) and out[1] == det_run[0][1]
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -342,11 +478,15 @@ def test_the_space_builds_the_same_app_without_serving(monkeypatch):
     ui = app.iwin_ui
     assert [c.label for c in app.iwin_session.choices.values()][:3] == [
         f"{title} (random weights)" for title in ("Iwin-T UPerNet", "Iwin-S UPerNet", "Iwin-B UPerNet")]
-    assert [choice[1] for choice in ui["model"].choices] == list(app.iwin_session.choices)
+    assert [choice[1] for choice in ui["model"].choices] == app.iwin_session.labels("segmenter")
+    assert [choice[1] for choice in ui["det_model"].choices] == app.iwin_session.labels("detector")
     assert [choice[1] for choice in ui["protocol"].choices] == list(demo.PROTOCOLS)
     assert [choice[1] for choice in ui["precision"].choices] == ["fp32", "bf16", "fp16"]
     for name in ("photo", "run", "overlay", "opacity", "highlight", "legend", "class_map", "confidence", "downloads",
                  "info", "note", "status"):
+        assert ui[name].elem_id == name
+    for name in ("det_photo", "det_model", "det_run", "det_threshold", "det_overlay", "det_counts", "det_downloads",
+                 "det_info", "det_note", "det_status"):
         assert ui[name].elem_id == name
     assert app.analytics_enabled is False
 

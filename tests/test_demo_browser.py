@@ -9,13 +9,18 @@ still works. No request leaves the machine: the page's requests to any host but 
 aborted), and the server runs with a ``sitecustomize`` that records every connection or name look-up to a host
 that is not this one.
 
+The detection tab, on a second server serving the fixtures' mini Mask R-CNN as ``--model``/``--weights``: the
+counts of the classes are those of ``detect()`` here at the page's threshold, and at another after the slider moves
+(no model run), with the overlay and the JSON download to match; a bad photo gives a message, and the next works.
+
 Without Chromium or playwright the tests skip, saying how to install them (with ``IWIN_REQUIRE_BROWSER=1``, as
-``.ci/run`` sets, they fail instead). Screenshots (``demo_result.png``, ``demo_error.png``) go to
-``$IWIN_SCREENSHOT_DIR`` (the README's pictures: ``IWIN_SCREENSHOT_DIR=examples/space/screenshots``) or the
-test's temporary folder.
+``.ci/run`` sets, they fail instead). Screenshots (``demo_result.png``, ``demo_error.png``,
+``demo_detection.png``) go to ``$IWIN_SCREENSHOT_DIR`` (the README's pictures:
+``IWIN_SCREENSHOT_DIR=examples/space/screenshots``) or the test's temporary folder.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -30,12 +35,15 @@ from urllib.parse import urljoin, urlparse
 
 import numpy as np
 import pytest
+from _detectors import MINIS, mini_detector
 from conftest import REPO
 from PIL import Image
 from test_demo import make_mini_folder
 
+from iwin_models import create_detector, detect
+from iwin_models.apps.demo.detections import class_counts
 from iwin_models.apps.demo.pictures import DIM
-from iwin_models.apps.visualize import legend_entries
+from iwin_models.apps.visualize import detection_overlay, legend_entries
 from iwin_models.data import SAMPLE_IMAGE
 from iwin_models.engine.inference import segment
 from iwin_models.io.images import load_image
@@ -138,11 +146,9 @@ def _guard_env(folder: Path) -> dict:
     return env
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """``iwin-seg demo --model <mini folder>`` on a free loopback port, with the outbound guard."""
-    folder = tmp_path_factory.mktemp("demo_browser")
-    mini = make_mini_folder(folder / "mini")
+def _serve(folder: Path, model_args: list[str]):
+    """``iwin-seg demo <model_args>`` on a free loopback port, with the outbound guard (a generator: the server's
+    facts, then it is stopped)."""
     env = _guard_env(folder)
     probe = "import socket; s = socket.socket(); s.settimeout(0.01); s.connect_ex(('192.0.2.1', 9))"
     subprocess.run([sys.executable, "-c", probe], env=dict(env, IWIN_OUTBOUND_LOG=str(folder / "probe.log")),
@@ -150,20 +156,29 @@ def server(tmp_path_factory):
     assert "192.0.2.1" in (folder / "probe.log").read_text(), "the outbound guard does not see connections"
     port, log = _free_port(), folder / "server.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "iwin_models.apps.cli", "demo", "--model", str(mini), "--host",
+        proc = subprocess.Popen([sys.executable, "-m", "iwin_models.apps.cli", "demo", *model_args, "--host",
                                  "127.0.0.1", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env,
                                 cwd=folder)
     url = f"http://127.0.0.1:{port}/"
     try:
         _wait_until_serving(url, proc, log)
         assert (folder / "outbound.log.active").is_file(), "the server ran without the outbound guard"
-        yield dict(url=url, proc=proc, mini=mini, folder=folder, log=log, outbound=folder / "outbound.log")
+        yield dict(url=url, proc=proc, folder=folder, log=log, outbound=folder / "outbound.log")
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``iwin-seg demo --model <mini folder>`` on a free loopback port, with the outbound guard."""
+    folder = tmp_path_factory.mktemp("demo_browser")
+    mini = make_mini_folder(folder / "mini")
+    for facts in _serve(folder, ["--model", str(mini)]):
+        yield dict(facts, mini=mini)
 
 
 @pytest.fixture(scope="module")
@@ -175,26 +190,38 @@ def expected(server):
 
 
 @pytest.fixture(scope="module")
-def page(server):
-    """One Chromium page on the demo; every request to another host is recorded in ``page.outside`` and aborted."""
+def browser():
+    """Headless Chromium (one for the module: playwright's sync API runs one at a time in a thread)."""
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
-        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
-        tab.outside = []
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        yield chromium
+        chromium.close()
 
-        def route(r):
-            request_url = r.request.url
-            if request_url.startswith(("data:", "blob:")) or urlparse(request_url).hostname in LOOPBACK:
-                r.continue_()
-            else:
-                tab.outside.append(request_url)
-                r.abort()
 
-        tab.route("**/*", route)
-        tab.goto(server["url"])
-        tab.wait_for_selector("#run", timeout=RESULT_TIMEOUT_MS)
-        yield tab
-        browser.close()
+def _browse(browser, url: str):
+    """One page on ``url`` (a generator); every request to another host is recorded in ``page.outside`` and
+    aborted."""
+    tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+    tab.outside = []
+
+    def route(r):
+        request_url = r.request.url
+        if request_url.startswith(("data:", "blob:")) or urlparse(request_url).hostname in LOOPBACK:
+            r.continue_()
+        else:
+            tab.outside.append(request_url)
+            r.abort()
+
+    tab.route("**/*", route)
+    tab.goto(url)
+    tab.wait_for_selector("#run", timeout=RESULT_TIMEOUT_MS)
+    yield tab
+    tab.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    yield from _browse(browser, server["url"])
 
 
 @pytest.fixture(scope="module")
@@ -285,6 +312,96 @@ def test_a_bad_photo_is_a_message_on_the_page_and_the_next_photo_works(page, ser
     assert page.locator("#status").inner_text().strip() == ""
     assert page.locator("#legend li").count() > 0 and page.locator("#overlay img").count() == 1
     assert server["proc"].poll() is None
+
+
+# --- the detection tab -------------------------------------------------------------------------------
+
+DET_THRESHOLD = 0.9  # where the slider is moved to (the page's default: 0.3)
+
+
+@pytest.fixture(scope="module")
+def det_server(tmp_path_factory, fixtures_dir):
+    """``iwin-seg demo --model <registered detector> --weights <the fixtures' mini Mask R-CNN as a folder>``."""
+    source = fixtures_dir / "detection" / "mini_mask_rcnn.pth"
+    if not source.is_file():
+        pytest.skip(f"detection fixtures not found: {source}")
+    folder = tmp_path_factory.mktemp("demo_det_browser")
+    weights = mini_detector(source.parent).save_pretrained(folder / "mini_det")
+    for facts in _serve(folder, ["--model", MINIS["mini_mask_rcnn"], "--weights", str(weights)]):
+        yield dict(facts, weights=weights)
+
+
+@pytest.fixture(scope="module")
+def det_page(browser, det_server):
+    yield from _browse(browser, det_server["url"])
+
+
+@pytest.fixture(scope="module")
+def det_expected(det_server):
+    """The sample's detections by detect(), here, with the model the server serves."""
+    return detect(create_detector(MINIS["mini_mask_rcnn"], weights=det_server["weights"]), SAMPLE_IMAGE)
+
+
+def _detect(page, path: Path, expect: str) -> None:
+    """Upload ``path`` in the detection tab, press Detect, wait until ``expect`` is in its info or status line."""
+    page.locator("#det_photo input[type=file]").set_input_files(str(path))
+    page.wait_for_function(f"() => document.querySelector('#det_photo img')?.src.includes({path.name!r})")
+    page.click("#det_run")
+    page.wait_for_function(
+        f"() => (document.querySelector('#det_info')?.innerText + document.querySelector('#det_status')?.innerText)"
+        f".includes({expect!r})", timeout=RESULT_TIMEOUT_MS)
+
+
+def _counts(page) -> list[tuple[str, int]]:
+    lines = [line.strip().rsplit(" ", 1) for line in page.locator("#det_counts li").all_inner_texts()]
+    return [(name, int(n)) for name, n in lines]
+
+
+def test_the_detection_tab_finds_what_detect_finds_and_the_threshold_filters(det_page, det_server, det_expected,
+                                                                               screenshots):
+    page, found = det_page, det_expected
+    assert page.get_by_role("tab").all_inner_texts() == ["Segmentation", "Detection"]
+    page.get_by_role("tab", name="Detection").click()
+    page.wait_for_selector("#det_run", state="visible")
+    _detect(page, SAMPLE_IMAGE, "sample.jpg: 640 x 427 pixels")
+    assert page.locator("#det_status").inner_text().strip() == ""
+    assert _counts(page) == [(name, n) for _, name, n in class_counts(found, 0.3)]
+    image = load_image(SAMPLE_IMAGE)
+    overlay = _picture(page, "#det_overlay", det_server["url"])
+    close = (np.abs(overlay.astype(int) - np.asarray(detection_overlay(image, found, 0.3))).max(-1) <= 1).mean()
+    assert overlay.shape == image.shape and close >= 0.99, f"only {close:.2%} of the overlay is detect()'s"
+
+    before = page.locator("#det_overlay img").get_attribute("src")
+    threshold = page.locator("#det_threshold input[type=number]")
+    threshold.fill(str(DET_THRESHOLD))
+    threshold.press("Tab")  # the slider's release: the kept detections filtered, no model run
+    page.wait_for_function(f"() => document.querySelector('#det_counts')?.innerText.includes("
+                           f"'scoring {DET_THRESHOLD:.2f} or more')", timeout=RESULT_TIMEOUT_MS)
+    page.wait_for_function(f"() => document.querySelector('#det_overlay img')?.src !== {before!r}",
+                           timeout=RESULT_TIMEOUT_MS)
+    high = [(name, n) for _, name, n in class_counts(found, DET_THRESHOLD)]
+    assert _counts(page) == high and sum(n for _, n in high) < sum(n for *_, n in class_counts(found, 0.3))
+    href = page.locator("#det_downloads a[download='sample_detections.json']").get_attribute("href")
+    record = json.loads(_get(urljoin(det_server["url"], href)))
+    assert len(record["detections"]) == sum(n for _, n in high) and record["score_threshold"] == DET_THRESHOLD
+    assert all(d["score"] >= DET_THRESHOLD for d in record["detections"])
+    page.screenshot(path=str(screenshots / "demo_detection.png"), full_page=True)
+
+
+def test_a_bad_photo_in_the_detection_tab_is_a_message_and_the_next_works(det_page, det_server, tmp_path):
+    page = det_page
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    _detect(page, broken, "broken.jpg is not a readable image")
+    assert "Error" in page.locator("#det_status").inner_text() and page.locator("#det_counts li").count() == 0
+    photo = tmp_path / "again.jpg"
+    shutil.copy(SAMPLE_IMAGE, photo)
+    _detect(page, photo, "again.jpg: 640 x 427 pixels")
+    assert page.locator("#det_status").inner_text().strip() == "" and page.locator("#det_counts li").count() > 0
+    assert det_server["proc"].poll() is None
+    assert page.outside == [], f"the page asked other hosts for {page.outside}"
+    outbound = det_server["outbound"].read_text() if det_server["outbound"].is_file() else ""
+    assert outbound == "", f"the server reached out: {outbound}"
 
 
 def test_nothing_left_the_machine(page, server):

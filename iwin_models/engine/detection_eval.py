@@ -26,8 +26,8 @@ from ..io.images import load_image
 from .detection import Detections, detect
 from .distributed import gather, raise_if_any_failed, world
 
-__all__ = ["evaluate_detector", "coco_results", "load_coco", "category_ids_for", "format_detection_results",
-           "METRIC_NAMES"]
+__all__ = ["evaluate_detector", "coco_results", "detections_json", "load_coco", "category_ids_for",
+           "format_detection_results", "METRIC_NAMES"]
 
 # COCOeval's stats[0:6], under mmdet's names (mmdet/datasets/coco.py: 'mAP', 'mAP_50', ...)
 METRIC_NAMES = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
@@ -83,6 +83,17 @@ def coco_results(found: Detections, image_id: int, category_ids: Sequence[int] |
         out.append(dict(image_id=int(image_id), bbox=[x1, y1, x2 - x1, y2 - y1], score=float(score),
                         category_id=int(ids[label]) if ids is not None else int(label), segmentation=rle))
     return out
+
+
+def detections_json(found: Detections, image: str, shape: Sequence[int]) -> dict:
+    """One image's detections as ``iwin-det predict`` and the demo page write them: ``image`` (its name),
+    ``height``, ``width`` and ``detections``, the :func:`coco_results` of ``found`` without ``image_id``, each
+    with ``category_name`` and ``label`` (the class index)."""
+    results = coco_results(found, 0)
+    for r, label, name in zip(results, found.labels, found.names):
+        del r["image_id"]
+        r.update(category_name=name, label=int(label))
+    return dict(image=str(image), height=int(shape[0]), width=int(shape[1]), detections=results)
 
 
 def _image_path(img_dir: Path, info: dict) -> Path:

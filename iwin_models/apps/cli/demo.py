@@ -1,9 +1,10 @@
 """``iwin-seg demo``: serve the demo page (:mod:`iwin_models.apps.demo`) on this machine.
 
 Needs the demo extra (``pip install 'iwin-models[demo]'``: Gradio), checked before anything else is done. The
-page offers the registered segmenters (their official weights where the torch.hub cache has them, else random
-weights, said on the page; ``--download`` fetches them on first use) and the model given by ``--model`` /
-``--weights`` (a folder, a weights file, a hub repository), which is loaded before the page is served so that
+page offers the registered segmenters and, in its detection tab, the detectors with released weights (their
+official weights where the torch.hub cache has them, else random weights, said on the page; ``--download`` fetches
+them on first use) and the model given by ``--model`` / ``--weights`` (a segmenter's folder, weights file or hub
+repository, or a registered detector's name with its weights), which is loaded before the page is served so that
 a bad path is this command's one-line error.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-file-size", default=MAX_FILE_SIZE, metavar="SIZE",
                         help="largest upload, e.g. 20mb (default: %(default)s)")
     parser.add_argument("--download", action="store_true",
-                        help="download the official weights of the registered segmenters on first use "
+                        help="download the official weights of the registered models on first use "
                              "(default: those in the torch.hub cache; the others run with random weights)")
 
 

@@ -1,9 +1,11 @@
 """The pictures of a result: :func:`overlay_picture` (the blend of :mod:`iwin_models.apps.visualize`, with one
 class highlighted), :func:`class_map_picture`, :func:`confidence_picture` (the top softmax score) and its scale,
-:func:`legend_html` (the lines of :func:`iwin_models.apps.visualize.legend_entries`), and :func:`preview` (what
-the page shows of a large photo: downscaled to :data:`PREVIEW_EDGE`; the downloads are full size)."""
+:func:`legend_html` (the lines of :func:`iwin_models.apps.visualize.legend_entries`), and :func:`preview` and
+:func:`preview_detections` (what the page shows of a large photo: downscaled to :data:`PREVIEW_EDGE`; the downloads
+are full size)."""
 from __future__ import annotations
 
+import dataclasses
 import html
 from collections.abc import Sequence
 
@@ -13,7 +15,7 @@ from PIL import Image
 from .. import visualize
 
 __all__ = ["PREVIEW_EDGE", "DIM", "CONFIDENCE_STOPS", "overlay_picture", "class_map_picture", "confidence_picture",
-           "confidence_scale_html", "legend_html", "preview"]
+           "confidence_scale_html", "legend_html", "preview", "preview_detections"]
 
 PREVIEW_EDGE = 2048  # the pictures on the page: long edge at most this (the downloads are full size)
 DIM = 0.3  # a highlighted class's overlay: the other pixels at this brightness
@@ -94,3 +96,18 @@ def preview(image: np.ndarray, labels: np.ndarray, confidence: np.ndarray,
     conf = np.asarray(Image.fromarray(confidence.astype(np.float32, copy=False), mode="F")
                       .resize((w, h), Image.Resampling.BOX))
     return small, labels[rows, cols], conf
+
+
+def preview_detections(image: np.ndarray, found, edge: int = PREVIEW_EDGE) -> tuple[np.ndarray, object]:
+    """What the page shows of a detection result (:class:`iwin_models.engine.detection.Detections`): the photo and
+    the detections themselves when the long edge is ``edge`` or less, else the photo downscaled by area averaging,
+    the boxes scaled and the masks sampled by nearest neighbour."""
+    h, w = _shrunk(image.shape[:2], edge)
+    if (h, w) == image.shape[:2]:
+        return image, found
+    small = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BOX))
+    rows = np.arange(h) * image.shape[0] // h
+    cols = np.arange(w) * image.shape[1] // w
+    scale = np.array([w / image.shape[1], h / image.shape[0]] * 2, dtype=np.float32)
+    masks = found.masks[:, rows][:, :, cols]
+    return small, dataclasses.replace(found, boxes=found.boxes * scale, masks=masks)

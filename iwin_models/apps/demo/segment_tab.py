@@ -3,8 +3,8 @@ precision menus, the result's pictures and downloads), its events, and their han
 :func:`handle_render`: the overlay again at another opacity or highlight, no model run). Gradio is passed in
 (``gr``) by :func:`iwin_models.apps.demo.app.build_app`; nothing here imports it.
 
-A tab is a module with ``LABEL``, ``INTRO``, ``CSS`` and ``build(gr, session) -> components by name``, listed in
-:data:`iwin_models.apps.demo.app.TABS`.
+A tab is a module with ``LABEL``, ``KIND`` (the kind of model it offers), ``INTRO``, ``CSS`` and
+``build(gr, session) -> components by name``, listed in :data:`iwin_models.apps.demo.app.TABS`.
 """
 from __future__ import annotations
 
@@ -16,18 +16,15 @@ from .photos import PhotoError, photo_file
 from .pictures import class_map_picture, confidence_scale_html, legend_html, overlay_picture
 from .session import KEEP_RESULTS, DemoResult, DemoSession
 
-__all__ = ["LABEL", "INTRO", "CSS", "build", "info_markdown", "highlight_choices", "handle_run", "handle_render"]
+__all__ = ["LABEL", "KIND", "INTRO", "CSS", "build", "info_markdown", "highlight_choices", "handle_run",
+           "handle_render"]
 
 LABEL = "Segmentation"
+KIND = "segmenter"  # the choices this tab offers
 INTRO = "Upload, drag or paste a photo (or pick the sample), then **Segment**."
 CSS = """
 #legend ul {list-style: none; padding: 1.9em 0 0 0; margin: 0; columns: 2;}
 #legend li {margin: 2px 0; white-space: nowrap;}
-#legend .swatch {display: inline-block; width: 14px; height: 14px; margin-right: 6px; vertical-align: -2px;
-                 border: 1px solid #444;}
-#status p, #note p {font-weight: 600; border-radius: 6px; padding: 6px 10px;}
-#status p {color: #b91c1c; background: #fef2f2; border: 1px solid #fca5a5;}
-#note p {color: #92400e; background: #fffbeb; border: 1px solid #fcd34d;}
 .confidence-scale {display: flex; align-items: center; gap: 6px; font-size: 0.85em;}
 .confidence-scale .bar {flex: 1; height: 12px; border: 1px solid #444;}
 """
@@ -70,15 +67,16 @@ def _layout(gr, session: DemoSession) -> dict:
             ui["photo"] = gr.Image(label="Photo", type="filepath", image_mode=None, sources=["upload", "clipboard"],
                                    elem_id="photo", height=320)
             gr.Examples(examples=[[str(SAMPLE_IMAGE)]], inputs=[ui["photo"]], label="Sample")
-            ui["model"] = gr.Dropdown(list(session.choices), value=session.default, label="Segmenter",
-                                      elem_id="model")
+            ui["model"] = gr.Dropdown(session.labels(KIND), value=session.default_for(KIND),
+                                      label="Segmenter", elem_id="model")
             ui["protocol"] = gr.Radio(list(PROTOCOLS), value="whole", label="Protocol", elem_id="protocol")
             ui["precision"] = gr.Radio(list(session.precisions), value=session.precision, label="Precision",
                                        elem_id="precision")
             ui["run"] = gr.Button("Segment", variant="primary", elem_id="run")
-            ui["status"] = gr.Markdown("", elem_id="status")  # what is wrong with the photo, under the button
+            # what is wrong with the photo, under the button
+            ui["status"] = gr.Markdown("", elem_id="status", elem_classes=["iwin-status"])
         with gr.Column(scale=2):
-            ui["note"] = gr.Markdown("", elem_id="note")  # random weights, next to the result
+            ui["note"] = gr.Markdown("", elem_id="note", elem_classes=["iwin-note"])  # random weights
             ui["info"] = gr.Markdown("", elem_id="info")
             ui.update(_results(gr))
     ui["state"] = gr.State(None)  # the key of the visitor's last result (DemoSession.keep)
@@ -94,7 +92,7 @@ def _results(gr) -> dict:
         ui["highlight"] = gr.Dropdown([("none (all classes)", -1)], value=-1, label="Highlight a class",
                                       elem_id="highlight")
     ui["legend"] = gr.HTML("", label="Classes present (share of the pixels)", show_label=True,
-                           container=True, elem_id="legend")
+                           container=True, elem_id="legend", elem_classes=["iwin-classes"])
     with gr.Row():
         ui["class_map"] = gr.Image(label="Class map", type="numpy", format="png", interactive=False,
                                    elem_id="class_map")

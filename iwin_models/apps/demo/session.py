@@ -1,5 +1,6 @@
 """The demo page's state, shared by every visitor and testable without Gradio: :class:`DemoSession` (the model
-choices, each model built on first use and converted once to its CPU fast twins; one inference at a time;
+choices, segmenters and detectors, each model built on first use (:func:`build_model`) and converted once to its CPU
+fast twins; one inference at a time;
 :meth:`~DemoSession.run_segmentation` through :func:`iwin_models.engine.inference.predict`, banded, so memory is
 bounded at any size; the last :data:`KEEP_RESULTS` results kept for re-rendering; the download folders) and
 :class:`DemoResult`, one segmented photo."""
@@ -25,7 +26,7 @@ from .choices import PROTOCOLS, ModelChoice, registered_choices
 from .photos import MAX_PIXELS, read_photo
 from .pictures import confidence_picture, overlay_picture, preview
 
-__all__ = ["KEEP_RESULTS", "KEEP_FOLDERS", "DemoResult", "DemoSession"]
+__all__ = ["KEEP_RESULTS", "KEEP_FOLDERS", "DemoResult", "DemoSession", "build_model"]
 
 KEEP_RESULTS = 16  # results kept for re-rendering (photo and class map: ~4 bytes a pixel each), newest first
 KEEP_FOLDERS = 32  # download folders kept on disk (older ones are removed)
@@ -59,9 +60,24 @@ class DemoResult:
         return self.labels.shape[1], self.labels.shape[0]
 
 
+def build_model(choice: ModelChoice, device: str):
+    """The model of ``choice`` on ``device``: a segmenter through
+    :func:`~iwin_models.models.segmenters.load_segmenter`, a detector through
+    :func:`~iwin_models.models.detectors.create_detector` (its official weights unless it starts random)."""
+    if choice.kind == "detector":
+        from ...models.detectors import create_detector
+
+        model = create_detector(choice.model, pretrained=choice.start == "official", weights=choice.weights)
+        return model.to(device).eval()
+    from ...models.segmenters import load_segmenter
+
+    return load_segmenter(choice.model, choice.weights, device=device, start=choice.start, warn=False)
+
+
 class DemoSession:
     """The page's state shared by every visitor: the model choices, the models built so far (each on first use,
-    on ``device``, converted once to the CPU fast twins unless ``fast`` is False), one inference at a time
+    on ``device``, converted once to the CPU fast twins unless ``fast`` is False; ``default``: the entry selected
+    in its kind's menu, the first of each other kind selected in its own), one inference at a time
     (a lock), the last :data:`KEEP_RESULTS` results (the page keeps their keys: memory stays bounded however many
     visitors come), and the folders the downloads are written to (the last :data:`KEEP_FOLDERS`)."""
 
@@ -86,18 +102,29 @@ class DemoSession:
         self._folders: deque[Path] = deque()
         self._results: OrderedDict[str, DemoResult] = OrderedDict()
 
+    @property
+    def lock(self) -> threading.RLock:
+        """Held for each model build and run: one inference at a time, whichever the tab."""
+        return self._lock
+
+    def labels(self, kind: str = "segmenter") -> list[str]:
+        """The labels of the choices of ``kind`` (a menu)."""
+        return [label for label, c in self.choices.items() if c.kind == kind]
+
+    def default_for(self, kind: str = "segmenter") -> str | None:
+        """The entry selected in the menu of ``kind``: :attr:`default` if of that kind, else its first (None)."""
+        labels = self.labels(kind)
+        return self.default if self.default in labels else next(iter(labels), None)
+
     def model(self, label: str):
         """The model of choice ``label``, built and converted on first use (under the lock)."""
         from ...fast import with_cpu_twins
-        from ...models.segmenters import load_segmenter
 
         if label not in self.choices:
             raise ValueError(f"no model choice {label!r}: {', '.join(self.choices)}")
         with self._lock:
             if label not in self._models:
-                choice = self.choices[label]
-                model = load_segmenter(choice.model, choice.weights, device=self.device, start=choice.start,
-                                       warn=False)
+                model = build_model(self.choices[label], self.device)
                 self._models[label] = with_cpu_twins(model, None if self.fast else False)
             return self._models[label]
 
@@ -117,7 +144,7 @@ class DemoSession:
         """Segment the photo at ``path`` (shown as ``name``) with choice ``model_key``, protocol (a key of
         :data:`PROTOCOLS`) and precision (a key of ``training.PRECISIONS``): the class map of
         :func:`iwin_models.engine.inference.predict`, with its confidences, legend and timings."""
-        model_key = model_key or self.default
+        model_key = model_key or self.default_for("segmenter")
         precision = precision or self.precision
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}: {', '.join(PROTOCOLS)}")

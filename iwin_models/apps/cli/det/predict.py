@@ -4,7 +4,8 @@ The overlay (:func:`iwin_models.apps.visualize.detection_overlay`) shows the det
 ``--score-threshold`` or more: masks in class colours, boxes, names and scores. The JSON holds the same
 detections, COCO style: ``bbox`` (x, y, w, h in the image's pixels), ``score``, ``category_id`` (the COCO id
 where the model's classes are COCO's, else the class index), ``category_name``, ``label`` (the class index) and
-``segmentation`` (RLE, ``counts`` a str). Outputs are named as ``iwin-seg predict`` names them
+``segmentation`` (RLE, ``counts`` a str): :func:`iwin_models.engine.detection_eval.detections_json`. Outputs are
+named as ``iwin-seg predict`` names them
 (:func:`iwin_models.apps.cli.predict.output_names`: ``OUT/<stem>_overlay.png`` and ``OUT/<stem>.json``, folders
 mirrored, no two images writing one file) and written atomically. A file that cannot be read is reported and
 skipped; the command exits with status 2 at the end, naming them. ``torchrun`` splits the images (``rank::N``).
@@ -43,19 +44,9 @@ def outputs(out: Path, target: Path) -> tuple[Path, Path]:
     return tuple(out / f"{target}{ending}" for ending in ENDINGS)
 
 
-def detections_json(found, path: Path, shape: Sequence[int]) -> dict:
-    """One image's detections as the JSON file holds them (see the module docstring)."""
-    from ....engine.detection_eval import coco_results
-
-    results = coco_results(found, 0)
-    for r, label, name in zip(results, found.labels, found.names):
-        del r["image_id"]
-        r.update(category_name=name, label=int(label))
-    return dict(image=str(path), height=int(shape[0]), width=int(shape[1]), detections=results)
-
-
 def write_outputs(out: Path, target: Path, path: Path, image, found, score_threshold: float) -> None:
     """The overlay and the JSON of one image (folders made), each written atomically."""
+    from ....engine.detection_eval import detections_json
     from ....io.files import write_atomic
     from ...visualize import detection_overlay
 
