@@ -14,6 +14,7 @@ from PIL import Image
 
 import iwin_models.engine.inference as inference
 import iwin_models.io.images as images
+from iwin_models import SAMPLE_IMAGE
 from iwin_models.apps.cli import main as cli
 from iwin_models.models.upernet import IwinUPerNet
 
@@ -101,7 +102,7 @@ def test_no_arguments_segments_the_sample(model_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli(["predict", "--model", str(model_dir), "--no-progress"]) == 0
     labels = np.array(Image.open("iwin_seg_out/sample_labels.png"))
-    assert labels.shape == images.load_image(inference.SAMPLE_IMAGE).shape[:2]
+    assert labels.shape == images.load_image(SAMPLE_IMAGE).shape[:2]
     assert Image.open("iwin_seg_out/sample_overlay.png").width > labels.shape[1]  # with its legend
 
 

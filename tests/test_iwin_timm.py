@@ -322,7 +322,9 @@ def test_parameter_counts(arch, millions):
 
 def test_pretrained_tags_are_the_official_files():
     names = timm.list_models("iwin*", pretrained=True)
-    assert len(names) == 21
+    assert len(names) == 22  # the 21 official tags, and iwin_small_ade20k.in1k: the ImageNet Iwin-S file again
+    assert timm.models.get_pretrained_cfg("iwin_small_ade20k.in1k").url == timm.models.get_pretrained_cfg(
+        "iwin_small.in1k").url
     files = {timm.models.get_pretrained_cfg(n).url.rsplit("/", 1)[-1] for n in names}
     assert files == SPEC_FILES
 

@@ -171,11 +171,21 @@ def test_torch_compile_of_a_converted_segmenter_runs_its_twins_eagerly():
         torch.testing.assert_close(torch.compile(converted, backend="eager")(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-def test_wants_cpu_twins_is_the_one_default_of_segment_and_the_commands():
-    from iwin_models.fast.optimize import wants_cpu_twins
+def test_with_cpu_twins_is_the_one_policy_of_segment_the_commands_and_the_demo():
+    from iwin_models.fast.optimize import with_cpu_twins
+
+    def converted(m) -> bool:
+        return any(isinstance(x, CpuTwin) for x in m.modules())
 
     model = timm.create_model("iwin_tiny", **MINI)
-    assert wants_cpu_twins(model)
+    fast = with_cpu_twins(model)
+    assert converted(fast) and not converted(model)  # a copy sharing the weights; the model stays plain
+    assert with_cpu_twins(fast) is fast and with_cpu_twins(model, False) is model
     with fast_paths(False):  # IWIN_FAST_PATH=0
-        assert not wants_cpu_twins(model)
-    assert not wants_cpu_twins(model.to("meta"))  # not on the CPU: the plain model runs there
+        assert with_cpu_twins(model) is model
+    meta = timm.create_model("iwin_tiny", **MINI).to("meta")
+    assert with_cpu_twins(meta) is meta  # not on the CPU: the plain model runs there
+    with pytest.raises(ValueError, match="meta"):
+        with_cpu_twins(meta, True)
+    not_iwin = torch.nn.Linear(3, 3)
+    assert with_cpu_twins(not_iwin) is not_iwin

@@ -26,6 +26,7 @@ place of the patch embedding and the blocks (same outputs to float32 round-off).
 
 import contextlib
 import warnings
+from functools import partial
 from collections.abc import Callable, Sequence
 from typing import List, Optional, Tuple, Union  # noqa: UP035  (TorchScript reads these annotations)
 
@@ -565,12 +566,14 @@ class IwinTransformer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def checkpoint_filter_fn(state_dict: dict, model: IwinTransformer) -> dict[str, torch.Tensor]:
+def checkpoint_filter_fn(state_dict: dict, model: IwinTransformer, head_used: bool = True) -> dict[str, torch.Tensor]:
     """Accept every official layout and check it against ``model`` with strict-load semantics.
 
     Takes an official classification checkpoint (``{'model': ...}``), an mmseg segmentation
     checkpoint (``{'state_dict': {'backbone.*', 'decode_head.*', ...}}``: the backbone is used),
-    a bare state dict, or one of ours. Raises :class:`CheckpointError` naming what does not fit.
+    a bare state dict, or one of ours. Raises :class:`CheckpointError` naming what does not fit. A file without
+    a classifier loaded into a model that uses one (``head_used``; a ``features_only`` model does not) warns that
+    the head keeps random weights.
     """
     state_dict = convert_official_backbone(unwrap_state_dict(state_dict))
     model_sd = model.state_dict()
@@ -579,7 +582,7 @@ def checkpoint_filter_fn(state_dict: dict, model: IwinTransformer) -> dict[str, 
     # loads an ImageNet backbone): the per-stage output norms for an ImageNet checkpoint, the
     # final norm and classifier for a headless (segmentation) backbone. Anything else must match.
     headless = 'head.fc.weight' not in state_dict
-    if headless and model.num_classes:
+    if headless and head_used and model.num_classes:
         warnings.warn(
             f"the checkpoint has no classifier: the model's head.fc ({model.num_classes} classes) and final norm keep "
             f"RANDOM weights; build it with num_classes=0 for a headless backbone (features_only=True for the "
@@ -624,15 +627,14 @@ def _create_iwin(variant: str, pretrained: bool = False, **kwargs) -> IwinTransf
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     device, dtype = kwargs.pop('device', None), kwargs.pop('dtype', None)
     if kwargs.get('features_only'):
-        # features are the segmentation backbone's: each stage output through its own norm; no classifier
-        # (timm's feature getter drops it anyway, and a segmentation checkpoint has none to load)
+        # features are the segmentation backbone's: each stage output through its own norm
         kwargs.setdefault('stage_norms', True)
-        kwargs.setdefault('num_classes', 0)
     try:
         with torch.device(device) if device is not None else contextlib.nullcontext():
             model = build_model_with_cfg(
                 IwinTransformer, variant, pretrained,
-                pretrained_filter_fn=checkpoint_filter_fn,
+                # a features_only model drops its classifier (timm's feature getter): a headless file is complete
+                pretrained_filter_fn=partial(checkpoint_filter_fn, head_used=not kwargs.get('features_only')),
                 feature_cfg=dict(feature_cls=IwinFeatures, out_indices=out_indices),
                 **kwargs)
         return model.to(dtype) if dtype is not None else model
