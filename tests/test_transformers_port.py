@@ -86,7 +86,7 @@ def errors(hf, ours, x) -> dict[str, float]:
 
 # --- the golden mini ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", ["odd", "512"])
+@pytest.mark.parametrize("case", ["odd", pytest.param("512", marks=pytest.mark.slow)])
 def test_mini_logits_equal_ours_and_the_authors(mini, mini_folder, golden, case):
     hf = load_strictly(mini_folder)
     exp = golden["upernet"]
@@ -166,6 +166,7 @@ save_file({{"labels": torch.from_numpy(labels), "pixel_values": pixel_values}}, 
 """
 
 
+@pytest.mark.slow
 def test_pipeline_in_a_fresh_interpreter_matches_ours(mini, mini_folder, tmp_path):
     script = PIPELINE_SCRIPT.format(registration=MINI_REGISTRATION)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
