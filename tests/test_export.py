@@ -67,6 +67,7 @@ def test_torch_export_equals_eager(mini, image):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_export_writes_onnx(cli_onnx):
     rc, out = cli_onnx
     assert rc == 0
@@ -78,6 +79,7 @@ def test_cli_export_writes_onnx(cli_onnx):
     assert [o.name for o in graph.output] == ["logits"]
 
 
+@pytest.mark.slow
 def test_onnxruntime_equals_pytorch(cli_onnx, mini, image):
     if importlib.util.find_spec("onnxruntime") is None:
         pytest.skip("onnxruntime is not installed (pip install 'iwin-models[onnx]')")

@@ -500,6 +500,7 @@ def test_the_run_log_of_a_resumed_run_has_each_step_once(tmp_path):
     assert (work / "curves.png").stat().st_mtime >= (work / "iter_4.pth").stat().st_mtime - 1
 
 
+@pytest.mark.slow
 def test_a_run_without_the_report_extra_says_so_once_and_goes_on(tmp_path, monkeypatch):
     for module in ("tensorboard", "matplotlib"):
         monkeypatch.setitem(sys.modules, module, None)  # not importable, as where the extra is not installed
