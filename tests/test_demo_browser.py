@@ -49,6 +49,8 @@ from iwin_models.engine.inference import segment
 from iwin_models.io.images import load_image
 from iwin_models.models.segmenters import load_segmenter
 
+pytestmark = pytest.mark.slow  # headless Chromium: the slow tier (.ci/run runs it, with IWIN_REQUIRE_BROWSER=1)
+
 INSTALL = "apt-get install chromium && pip install playwright"
 
 

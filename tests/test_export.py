@@ -67,6 +67,7 @@ def test_torch_export_equals_eager(mini, image):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_export_writes_onnx(cli_onnx):
     rc, out = cli_onnx
     assert rc == 0
@@ -78,6 +79,7 @@ def test_cli_export_writes_onnx(cli_onnx):
     assert [o.name for o in graph.output] == ["logits"]
 
 
+@pytest.mark.slow
 def test_onnxruntime_equals_pytorch(cli_onnx, mini, image):
     if importlib.util.find_spec("onnxruntime") is None:
         pytest.skip("onnxruntime is not installed (pip install 'iwin-models[onnx]')")
@@ -191,6 +193,7 @@ def dynamic_program(mini):
     return export_program(mini, H, W, dynamic=True)
 
 
+@pytest.mark.slow
 def test_dynamic_onnx_has_free_batch_height_width(dynamic_onnx):
     import onnx
 
@@ -201,6 +204,7 @@ def test_dynamic_onnx_has_free_batch_height_width(dynamic_onnx):
     assert dims == [["batch", 3, "height", "width"], ["batch", 150, "height", "width"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch, height, width", DYNAMIC_SIZES, ids=[f"{b}x{h}x{w}" for b, h, w in DYNAMIC_SIZES])
 def test_dynamic_onnx_equals_pytorch(dynamic_session, mini, batch, height, width):
     x = _input(batch, height, width)
@@ -211,6 +215,7 @@ def test_dynamic_onnx_equals_pytorch(dynamic_session, mini, batch, height, width
     assert _relative_error(torch.from_numpy(got), expected) <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch, height, width", DYNAMIC_SIZES, ids=[f"{b}x{h}x{w}" for b, h, w in DYNAMIC_SIZES])
 def test_dynamic_program_equals_eager(dynamic_program, mini, batch, height, width):
     x = _input(batch, height, width)
@@ -224,6 +229,7 @@ def test_dynamic_program_equals_eager(dynamic_program, mini, batch, height, widt
 TINY_SIZES = [(1, 20, 9), (3, 1, 1)]  # every window grid 1x1 and every map smaller than a window
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch, height, width", TINY_SIZES, ids=[f"{b}x{h}x{w}" for b, h, w in TINY_SIZES])
 def test_dynamic_graphs_serve_maps_smaller_than_a_window(dynamic_program, dynamic_session, mini, batch, height,
                                                          width):
@@ -237,6 +243,7 @@ def test_dynamic_graphs_serve_maps_smaller_than_a_window(dynamic_program, dynami
     assert _relative_error(torch.from_numpy(onnx_logits), expected) <= 1e-4
 
 
+@pytest.mark.slow
 def test_torch_compile_dynamic_three_sizes_one_compilation(mini):
     """Three sizes, one compilation: dynamo hands the backend a graph only when it (re)compiles.
 
@@ -260,6 +267,7 @@ def test_torch_compile_dynamic_three_sizes_one_compilation(mini):
     assert counts == [1, 1, 1], f"graphs compiled after each size: {counts} (more than 1: a graph break or recompile)"
 
 
+@pytest.mark.slow
 def test_onnx_example_gives_the_labels_of_segment(dynamic_onnx, mini, tmp_path):
     """examples/onnx_inference.py (onnxruntime, numpy, PIL: run with torch made unimportable) on the
     sample image labels >= 99.9% of its pixels as ``segment()`` does."""
@@ -309,6 +317,7 @@ def test_dynamic_export_refuses_a_model_that_pins_a_size(tmp_path):
         export_program(_PinsTheWidth(), H, W, dynamic=True)
 
 
+@pytest.mark.slow
 def test_program_guards_reads_the_guards_and_says_where_torch_moved_them(mini):
     """The one use of the program's private guards: real programs have them; a program without them is an
     error that names the function, never a dynamic graph taken on trust."""

@@ -27,6 +27,7 @@ def test_switches_and_their_context():
         enabled_fast_paths(exclude=("nope",))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env", ["IWIN_FAST_PATH", "IWIN_ONEDNN_LINEAR"])
 def test_environment_variables_switch_fast_paths_off(env):
     code = ("from iwin_models.fast import config; "

@@ -47,6 +47,7 @@ def folder(converted: dict, kind: str):
     return converted[kind]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_converted_folder_has_a_card_with_the_terms(converted, kind):
     card = (folder(converted, kind) / "README.md").read_text()
@@ -62,6 +63,7 @@ def test_every_converted_folder_has_a_card_with_the_terms(converted, kind):
     assert "<save-directory-or-this-repo>" not in card  # smp's template placeholder, which could not run
 
 
+@pytest.mark.slow
 def test_transformers_card_says_how_the_processor_differs(converted):
     card = (folder(converted, "transformers") / "README.md").read_text()
     for words in ["short side to 512", "long side at most 2048", "antialiases", "truncated", "no sliding window",
@@ -89,6 +91,7 @@ def test_card_snippets_run_as_written(converted, kind, tmp_path):
             assert run.stdout.strip(), f"block {i} printed nothing"
 
 
+@pytest.mark.slow
 def test_a_direct_save_pretrained_card_runs_as_written(tmp_path):
     """Not only ``convert``'s folders: a model a user fine-tuned and saved has a card whose snippet runs."""
     from conftest import MINI

@@ -77,7 +77,11 @@ def _definition(model, name, seed):
     return _DEFINITIONS[name, seed]
 
 
-@pytest.mark.parametrize("name", PROTOCOLS)
+# the 12-pass and sliding cases are the slow tier's (the bitwise band sweep)
+_HEAVY = {"aug", "slide_native", "slide_resized_aug"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _HEAVY else n for n in PROTOCOLS])
 def test_automatic_bands_are_bitwise_the_definition(model, name):
     h, w, kw = PROTOCOLS[name]
     image, probs = _definition(model, name, 0)
@@ -88,6 +92,7 @@ def test_automatic_bands_are_bitwise_the_definition(model, name):
     _assert_same_class_map(segment(model, image, **kw), probs)  # labels only: argmax of the logits
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["odd_logits_shrink", "odd_logits_grow", "aug", "slide_native", "slide_resized_aug"])
 @pytest.mark.parametrize("band_rows", [1, 3, 10 ** 6])  # one row a band, a few, one band for all
 def test_any_band_size_matches_the_definition(model, name, band_rows):
@@ -130,7 +135,8 @@ def test_the_tracker_sees_the_full_resolution_scores(model):
     assert _largest(lambda: predict(model, image, scale=(64, 48), band_rows=8)) < CLASSES * 120 * 160 // 4
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(aug=True), dict(return_confidence=True)],
+@pytest.mark.parametrize("kw", [dict(), pytest.param(dict(aug=True), marks=pytest.mark.slow),
+                                dict(return_confidence=True)],
                          ids=["whole", "aug", "confidence"])
 def test_large_photo_never_holds_full_resolution_scores(model, kw, monkeypatch):
     """C x H x W would be 72 M floats (288 MB); the largest tensor is a band (bands of 8 MB here)."""
@@ -142,6 +148,7 @@ def test_large_photo_never_holds_full_resolution_scores(model, kw, monkeypatch):
     assert largest <= band and 30 * band < CLASSES * h * w, largest
 
 
+@pytest.mark.slow
 def test_native_slide_never_holds_an_accumulator_over_the_image(model):
     h, w = 300, 200  # 7 x 4 crops of 64
     assert inference._rescale_size(h, w, (300, 300)) == (h, w)  # at its own size

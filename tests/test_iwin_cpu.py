@@ -32,6 +32,7 @@ def _twin(block, paths=ALL_PATHS):
     return CpuIwinBlock.from_plain(block, paths)
 
 
+@pytest.mark.slow
 @settings(max_examples=40, **SETTINGS)
 @given(h=st.integers(1, 40), w=st.integers(1, 40), ws=st.sampled_from([1, 3, 7, 12]), dwconv=st.booleans(),
        off=st.sampled_from([None, *sorted(ALL_PATHS)]))

@@ -32,6 +32,7 @@ def _segmenter(classes: int):
     return IwinUPerNet("iwin_tiny", encoder_kwargs=MINI, decoder_channels=64, aux_channels=32, classes=classes).eval()
 
 
+@pytest.mark.slow
 @settings(max_examples=40, **SETTINGS)
 @given(h=st.integers(1, 160), w=st.integers(1, 160), window=st.sampled_from([1, 2, 3, 5, 7, 12]))
 def test_backbone_any_size_any_window(h, w, window):
@@ -46,6 +47,7 @@ def test_backbone_any_size_any_window(h, w, window):
         fh, fw = math.ceil(fh / 2), math.ceil(fw / 2)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, **SETTINGS)
 @given(h=st.integers(1, 96), w=st.integers(1, 96), classes=st.sampled_from([1, 2, 5, 150]))
 def test_segmenter_any_size(h, w, classes):

@@ -171,6 +171,7 @@ def hf_cache(tmp_path, monkeypatch) -> Path:
     return cache
 
 
+@pytest.mark.slow
 def test_a_hub_repository_from_the_offline_cache_in_python_and_the_cli(folder, hf_cache, tmp_path, capsys):
     path, saved = folder
     _fill_hf_cache(hf_cache, REPO_ID, path)
@@ -193,6 +194,7 @@ def test_a_repository_missing_from_the_offline_cache_is_a_clear_error(hf_cache, 
     assert "HF_HUB_OFFLINE is set" in _one_line(capsys.readouterr().err, "export")
 
 
+@pytest.mark.slow
 def test_the_cli_with_hf_hub_offline_in_a_fresh_interpreter(folder, tmp_path):
     """The environment variable itself (read by huggingface_hub at import), as a user sets it."""
     path, _ = folder

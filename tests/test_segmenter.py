@@ -103,7 +103,8 @@ def test_meta_names_and_palette_kept(golden):
 
 # --- official full-size checkpoints (key manifests) ----------------------------------------------
 
-@pytest.mark.parametrize("name", list(SEGMENTERS))
+# Iwin-S and -B (full size) in the slow tier
+@pytest.mark.parametrize("name", [n if "tiny" in n else pytest.param(n, marks=pytest.mark.slow) for n in SEGMENTERS])
 def test_manifests_load_strictly(fixtures_dir, name):
     variant = name.split("_")[1]
     manifest = fixtures_dir / "keys" / f"iwin_{variant}_upernet_ade20k.json"
@@ -500,6 +501,7 @@ def test_predict_cli_writes_overlay_and_labels(mini, tmp_path):
     assert np.array(Image.open(out / "b_labels.png")).shape == (30, 60)
 
 
+@pytest.mark.slow
 def test_cli_errors_exit_2_without_traceback(tmp_path):
     (tmp_path / "x.jpg").write_text("not an image")
     env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -118,6 +118,7 @@ def test_encoder_dilated(output_stride):
     assert enc.output_stride == output_stride
 
 
+@pytest.mark.slow
 def test_encoder_compile_fullgraph_dynamic(encoder):
     # backend="eager" (as smp's test): the contract is that dynamo captures the whole forward as one
     # graph with symbolic sizes; inductor's code generation is not part of it and would add minutes.
@@ -128,6 +129,7 @@ def test_encoder_compile_fullgraph_dynamic(encoder):
         _assert_features_close(compiled(x), encoder(x))
 
 
+@pytest.mark.slow
 def test_encoder_torch_export_strict(encoder):
     x = _sample()
     program = torch.export.export(encoder, (x,), strict=True)
@@ -207,6 +209,7 @@ def test_model_any_resolution(model):
         assert m(x).shape == (2, 1, H + 3, W + 7)
 
 
+@pytest.mark.slow
 def test_model_compile_fullgraph_dynamic(model):
     # backend="eager", as smp's test does: graph capture with symbolic sizes is the contract
     arch, m = model
@@ -217,6 +220,7 @@ def test_model_compile_fullgraph_dynamic(model):
         torch.testing.assert_close(compiled(x), m(x))
 
 
+@pytest.mark.slow
 def test_model_torch_export_strict(model):
     arch, m = model
     x = _sample()
