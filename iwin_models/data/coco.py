@@ -143,7 +143,8 @@ def _segmentation(ann: dict, image: _Image, notes: list[str]):
         raise _Skip("no segmentation (Mask R-CNN needs a mask per object)")
     good = [p for p in segm if _valid_polygon(p)]
     if len(good) < len(segm):
-        points = [len(p) / 2 if isinstance(p, list) else p for p in segm if not _valid_polygon(p)]
+        points = ", ".join(f"{len(p) / 2:g}" if isinstance(p, list) else repr(p)[:20]
+                           for p in segm if not _valid_polygon(p))
         reason = f"polygon(s) of {points} points (fewer than 3, or an odd coordinate count)"
         if not good:
             raise _Skip(reason)
@@ -199,6 +200,7 @@ class CocoDetection(Dataset):
         data = read_coco_json(self.ann_file)
         self._ids, self._names = _categories(data, self.ann_file, class_names)
         self.problems: list[str] = []
+        self._left_out: set[int] = set()  # ids of the images whose file is missing
         images = self._read_images(data["images"])
         self._read_annotations(data["annotations"], images, {c["id"] for c in data["categories"]})
         self.images = [im for im in images.values() if min(im.height, im.width) >= min_size
@@ -235,6 +237,7 @@ class CocoDetection(Dataset):
                 continue
             path = self.img_dir / name
             if not path.is_file():
+                self._left_out.add(image_id)
                 self._report(f"image {name} (image id {image_id}) not found in {self.img_dir}: left out")
                 continue
             height, width = entry.get("height"), entry.get("width")
@@ -251,8 +254,10 @@ class CocoDetection(Dataset):
                 continue
             image = images.get(ann.get("image_id"))
             cat = ann.get("category_id")
+            if ann.get("image_id") in self._left_out:
+                continue  # its image is reported already
             if image is None:
-                self._report(f"{where}: image id {ann.get('image_id')} is not in the set (or its file is missing)")
+                self._report(f"{where}: image id {ann.get('image_id')} is not in the set: skipped")
             elif cat not in file_cats:
                 self._report(f"{where} (image {image.file_name}): unknown category_id {cat!r}: skipped")
             elif cat in labels:
