@@ -154,20 +154,22 @@ def _bad(data):
         dict(extra, id=804, bbox=[70, 50, 20, 20]),  # 10 px beyond img0's corner: clipped, kept
         dict(extra, id=805, bbox=[10, 10, 20, 20], segmentation=[polygon, [1, 1, 2, 2]]),  # one bad part of two
         dict(extra, id=806, bbox=[10, 10, 20, 20], image_id=12345),  # no such image
+        dict(extra, id=807, bbox=[10, 10, 20, 20], segmentation=[]),  # no mask
+        dict(extra, id=808, bbox=[10, 10, 20, 20], segmentation={"size": [8, 8], "counts": "0"}),  # RLE's size
     ]
     data["images"].append(dict(id=999, file_name="gone.png", height=64, width=64))
-    data["annotations"].append(dict(extra, id=807, image_id=999, bbox=[10, 10, 20, 20]))
+    data["annotations"].append(dict(extra, id=809, image_id=999, bbox=[10, 10, 20, 20]))  # not reported again
 
 
 def test_bad_annotations_are_reported_by_file_and_id(coco, tmp_path):
     data = copy.deepcopy(coco["data"])
     _bad(data)
     ann_file = write_annotations(tmp_path, data, "bad.json")
-    with pytest.warns(UserWarning, match=r"bad\.json: 7 problem\(s\)") as caught:
+    with pytest.warns(UserWarning, match=r"bad\.json: 9 problem\(s\)") as caught:
         ds = CocoDetection(ann_file, coco["img_dir"])
     assert len(caught) == 1  # one summary
-    problems = dict(zip(["gone", "801", "802", "803", "804", "805", "806"], ds.problems))
-    assert len(ds.problems) == 7 and all(p.startswith(f"{ann_file}: ") for p in ds.problems)
+    problems = dict(zip(["gone", "801", "802", "803", "804", "805", "806", "807", "808"], ds.problems))
+    assert len(ds.problems) == 9 and all(p.startswith(f"{ann_file}: ") for p in ds.problems)
     assert "image gone.png (image id 999) not found" in problems["gone"]
     assert "annotation id 801 (image img0.png): bbox [90, 70, 20, 20] lies outside its 80x64 image" in problems["801"]
     assert "annotation id 802 (image img0.png): polygon(s) of 2 points" in problems["802"]
@@ -176,6 +178,9 @@ def test_bad_annotations_are_reported_by_file_and_id(coco, tmp_path):
     assert "annotation id 804" in problems["804"] and "clipped" in problems["804"]
     assert "annotation id 805" in problems["805"] and "of 2 points" in problems["805"] and "dropped" in problems["805"]
     assert "annotation id 806: image id 12345 is not in the set" in problems["806"]
+    assert "annotation id 807 (image img0.png): no segmentation" in problems["807"]
+    assert ("annotation id 808 (image img0.png): RLE size [8, 8] is not its image's [height, width] [64, 80]: "
+            "skipped") in problems["808"]
     # the rest loads: img0 has its square, the clipped box and the polygon of 805 (its bad part dropped)
     assert [i.id for i in ds.images] == [100, 110, 120, 130]
     _, target = ds[0]

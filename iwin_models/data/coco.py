@@ -108,7 +108,7 @@ class _Image:
 
 
 class _Skip(Exception):
-    """An annotation left out, with the reason (reported when the message is not empty)."""
+    """An annotation left out, with the reason (reported)."""
 
 
 def _box(ann: dict, image: _Image, notes: list[str]) -> list[float] | None:
@@ -119,7 +119,10 @@ def _box(ann: dict, image: _Image, notes: list[str]) -> list[float] | None:
             isinstance(v, (int, float)) and math.isfinite(v) for v in bbox):
         raise _Skip(f"bbox {bbox!r} is not [x, y, w, h]")
     x, y, w, h = (float(v) for v in bbox)
-    if ann.get("area", w * h) <= 0 or w < 1 or h < 1:
+    area = ann.get("area", w * h)  # COCO files have it; where one does not, the box's
+    if not isinstance(area, (int, float)):
+        raise _Skip(f"area {area!r} is not a number")
+    if area <= 0 or w < 1 or h < 1:
         return None
     if max(0.0, min(x + w, image.width) - max(x, 0.0)) * max(0.0, min(y + h, image.height) - max(y, 0.0)) == 0:
         raise _Skip(f"bbox {bbox} lies outside its {image.width}x{image.height} image")
@@ -137,7 +140,7 @@ def _segmentation(ann: dict, image: _Image, notes: list[str]):
     segm = ann.get("segmentation")
     if isinstance(segm, dict):
         if list(segm.get("size", ())) != [image.height, image.width] or "counts" not in segm:
-            raise _Skip(f"RLE of size {segm.get('size')} on a {image.height}x{image.width} image")
+            raise _Skip(f"RLE size {segm.get('size')} is not its image's [height, width] {[image.height, image.width]}")
         return segm
     if not isinstance(segm, list) or not segm:
         raise _Skip("no segmentation (Mask R-CNN needs a mask per object)")
@@ -202,7 +205,7 @@ class CocoDetection(Dataset):
         self.problems: list[str] = []
         self._left_out: set[int] = set()  # ids of the images whose file is missing
         images = self._read_images(data["images"])
-        self._read_annotations(data["annotations"], images, {c["id"] for c in data["categories"]})
+        self._read_annotations(data["annotations"], images, {int(c["id"]) for c in data["categories"]})
         self.images = [im for im in images.values() if min(im.height, im.width) >= min_size
                        and not (skip_empty and im.known_annotations == 0)]
         if self.problems:
@@ -236,6 +239,10 @@ class CocoDetection(Dataset):
                 self._report(f"image entry {str(entry)[:80]} has no id or file_name: left out")
                 continue
             path = self.img_dir / name
+            if image_id in images:
+                self._report(f"image {name}: image id {image_id} repeats (image {images[image_id].file_name}): "
+                             "left out")
+                continue
             if not path.is_file():
                 self._left_out.add(image_id)
                 self._report(f"image {name} (image id {image_id}) not found in {self.img_dir}: left out")
@@ -249,16 +256,19 @@ class CocoDetection(Dataset):
     def _read_annotations(self, annotations: list, images: dict[int, _Image], file_cats: set) -> None:
         labels = {c: i + 1 for i, c in enumerate(self._ids)}
         for ann in annotations:
-            where = f"annotation id {ann.get('id') if isinstance(ann, dict) else ann!r}"
-            if not isinstance(ann, dict) or ann.get("ignore", False):
+            if not isinstance(ann, dict):
+                self._report(f"annotation {str(ann)[:40]} is not an object: skipped")
                 continue
-            image = images.get(ann.get("image_id"))
-            cat = ann.get("category_id")
-            if ann.get("image_id") in self._left_out:
+            if ann.get("ignore", False):
+                continue
+            where = f"annotation id {ann.get('id')}"
+            image_id, cat = ann.get("image_id"), ann.get("category_id")
+            if isinstance(image_id, int) and image_id in self._left_out:
                 continue  # its image is reported already
+            image = images.get(image_id) if isinstance(image_id, int) else None
             if image is None:
                 self._report(f"{where}: image id {ann.get('image_id')} is not in the set: skipped")
-            elif cat not in file_cats:
+            elif not isinstance(cat, int) or cat not in file_cats:
                 self._report(f"{where} (image {image.file_name}): unknown category_id {cat!r}: skipped")
             elif cat in labels:
                 image.known_annotations += 1
