@@ -1,4 +1,4 @@
-"""A tiny synthetic COCO data set for the detection tests: :func:`make_coco`.
+"""A tiny synthetic COCO data set for the detection tests: :func:`make_coco` (variants: :func:`write_annotations`).
 
 Five small PNGs with rectangles and ellipses of three categories whose ids are not contiguous (3, 7, 12), each
 annotated with a polygon and its box; one crowd annotation (an RLE), one image without annotations. The shapes
@@ -77,6 +77,18 @@ def make_coco(root: Path) -> dict:
         picture.save(images_dir / name)
         images.append(dict(id=image_id, file_name=name, height=h, width=w))
     data = dict(images=images, annotations=annotations, categories=CATEGORIES)
-    ann_file = root / "annotations.json"
+    return dict(ann_file=write_annotations(root, data), img_dir=images_dir, data=data)
+
+
+def write_annotations(root: Path, data: dict, name: str = "annotations.json") -> Path:
+    """``data`` as the annotation file ``root/name`` (a variant of :func:`make_coco`'s set)."""
+    ann_file = root / name
     ann_file.write_text(json.dumps(data))
-    return dict(ann_file=ann_file, img_dir=images_dir, data=data)
+    return ann_file
+
+
+def rectangle_mask(size: tuple[int, int], x: int, y: int, w: int, h: int) -> np.ndarray:
+    """The (h, w) uint8 mask of the pixels inside ``_rectangle(x, y, w, h)`` (integer corners), drawn by hand."""
+    mask = np.zeros(size, np.uint8)
+    mask[y:y + h, x:x + w] = 1
+    return mask

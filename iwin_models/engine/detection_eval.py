@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.coco import read_coco_json
 from ..io.images import load_image
 from .detection import Detections, detect
 from .distributed import gather, raise_if_any_failed, world
@@ -38,16 +39,7 @@ def load_coco(ann_file: str | os.PathLike):
     """A ``pycocotools.coco.COCO`` of ``ann_file``; a ValueError naming the file when it is not COCO JSON."""
     from pycocotools.coco import COCO
 
-    path = Path(ann_file)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not a COCO annotation file (not JSON text: {e})") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not a COCO annotation file (not JSON: {e})") from None
-    missing = [k for k in ("images", "annotations", "categories") if not isinstance(data, dict) or k not in data]
-    if missing:
-        raise ValueError(f"{path} is not a COCO annotation file (no {', '.join(missing)})")
+    data = read_coco_json(ann_file)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # "creating index..."
