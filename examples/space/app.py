@@ -3,7 +3,8 @@
 The page is built by the package (:func:`iwin_models.apps.demo.build_app`); this file only chooses what a Space
 serves. On a Space (``SPACE_ID`` set) the registered segmenters and released detectors download their
 official weights on first use (``IWIN_DEMO_DOWNLOAD=0`` turns that off); elsewhere they use the torch.hub cache,
-or random weights, said on the page. Spaces run ``python app.py``; ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` say where to serve.
+or random weights, said on the page. Spaces run ``python app.py``; ``GRADIO_SERVER_NAME`` /
+``GRADIO_SERVER_PORT`` say where to serve.
 Run it locally: ``pip install -r requirements.txt && python app.py``.
 """
 import os

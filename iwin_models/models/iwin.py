@@ -26,8 +26,8 @@ place of the patch embedding and the blocks (same outputs to float32 round-off).
 
 import contextlib
 import warnings
-from functools import partial
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import List, Optional, Tuple, Union  # noqa: UP035  (TorchScript reads these annotations)
 
 import torch
