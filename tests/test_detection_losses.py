@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import _detectors
 import numpy as np
 import pytest
 import torch
@@ -27,8 +28,7 @@ from iwin_models.models.detection.rpn import RPNHead, SigmoidLevelNMSRPN
 from iwin_models.models.detection.sampling import SampledRoIs, box_head_losses
 from iwin_models.models.detection.transform import MMDetTrainTransform
 
-MINI = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), fpn_channels=32, fc_channels=64,
-            conv_channels=32, num_classes=3)
+MINI = dict(_detectors.MINI, num_classes=3)  # the fixtures' mini widths, three classes
 
 
 def _iou(a, b) -> float:

@@ -2,6 +2,7 @@
 detector on a tiny synthetic set lowering the loss (with ``curves.png`` through RunLog)."""
 from __future__ import annotations
 
+import _detectors
 import pytest
 import torch
 
@@ -19,8 +20,7 @@ from iwin_models.engine.detection_train import (
 from iwin_models.engine.training.runlog import RunLog, read_history
 from iwin_models.models.detection import DETECTORS, build_detector
 
-MINI = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), fpn_channels=32, fc_channels=64,
-            conv_channels=32, num_classes=3)
+MINI = dict(_detectors.MINI, num_classes=3)  # the fixtures' mini widths, three classes
 
 
 def test_recipes_equal_the_authors_configs():

@@ -58,6 +58,18 @@ def add_fast_option(parser) -> None:
                              "(also: IWIN_FAST_PATH=0)")
 
 
+def add_batch_options(parser, outputs: str) -> None:
+    """The options of a command that runs a model over many images (``predict`` of both tools): ``--no-fast``,
+    ``--device``, ``--skip-existing`` (``outputs``: what an image's outputs are), ``--prefetch``, ``--no-progress``."""
+    add_fast_option(parser)
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available, else cpu)")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help=f"leave images whose {outputs} are already there (continue a run)")
+    parser.add_argument("--prefetch", type=int, default=2, metavar="N",
+                        help="images decoded ahead of the model (default: %(default)s; 0: none)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def fast_model(model: torch.nn.Module, fast: bool = True) -> torch.nn.Module:
     """The model a command runs: the package's one CPU-twin policy (:func:`iwin_models.fast.with_cpu_twins`, as
     ``segment()`` and ``evaluate()`` apply it), or the model as it is with ``--no-fast`` (``fast`` False). Call it

@@ -27,7 +27,7 @@ import numpy as np
 
 from .common import (
     PRECISIONS,
-    add_fast_option,
+    add_batch_options,
     add_model_arguments,
     add_precision_option,
     add_protocol_arguments,
@@ -46,13 +46,7 @@ def add_arguments(parser) -> None:
     add_protocol_arguments(parser, scale_hint="; an aerial tile at its own resolution: its own size, "
                                               "e.g. --scale 10000 10000 --slide")
     add_precision_option(parser)
-    add_fast_option(parser)
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available, else cpu)")
-    parser.add_argument("--skip-existing", action="store_true",
-                        help="leave images whose overlay and label PNGs are already there (continue a run)")
-    parser.add_argument("--prefetch", type=int, default=2, metavar="N",
-                        help="images decoded ahead of the model (default: %(default)s; 0: none)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_batch_options(parser, outputs="overlay and label PNGs")
 
 
 def expand_images(paths: Sequence[str | Path]) -> list[Path]:

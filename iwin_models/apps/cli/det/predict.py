@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..common import add_detector_arguments, add_fast_option, fast_model, resolve_detector
+from ..common import add_batch_options, add_detector_arguments, fast_model, resolve_detector
 from ..predict import decoded, expand_images, output_names, save_atomic, unique_images
 
 ENDINGS = ("_overlay.png", ".json")
@@ -30,13 +30,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--score-threshold", type=float, default=0.3, metavar="S",
                         help="keep the detections scoring S or more (default: %(default)s)")
     parser.add_argument("--out", default="iwin_det_out", help="output folder (default: %(default)s)")
-    add_fast_option(parser)
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available, else cpu)")
-    parser.add_argument("--skip-existing", action="store_true",
-                        help="leave images whose overlay and JSON are already there (continue a run)")
-    parser.add_argument("--prefetch", type=int, default=2, metavar="N",
-                        help="images decoded ahead of the model (default: %(default)s; 0: none)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_batch_options(parser, outputs="overlay and JSON")
 
 
 def outputs(out: Path, target: Path) -> tuple[Path, Path]:
