@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import iwin_models.engine.bands as bands
 import iwin_models.engine.inference as inference
+from iwin_models.data.transforms import rescale_size
 from iwin_models.engine.inference import predict, predict_probs, segment
 from iwin_models.models.upernet import IwinUPerNet
 from iwin_models.models.weights import ADE20K_PROTOCOL, EvalProtocol
@@ -151,7 +152,7 @@ def test_large_photo_never_holds_full_resolution_scores(model, kw, monkeypatch):
 @pytest.mark.slow
 def test_native_slide_never_holds_an_accumulator_over_the_image(model):
     h, w = 300, 200  # 7 x 4 crops of 64
-    assert inference._rescale_size(h, w, (300, 300)) == (h, w)  # at its own size
+    assert rescale_size(h, w, (300, 300)) == (h, w)  # at its own size
     largest = _largest(lambda: predict(model, _rgb(h, w), scale=(300, 300), slide=True, band_rows=8,
                                        protocol=SMALL_WINDOWS))
     assert largest < CLASSES * h * w // 10, largest  # a band of rows, or two rows of crops at stride 4
@@ -168,14 +169,13 @@ def test_aug_runs_the_mirrored_image_in_a_pass_of_its_own(model):
     finally:
         hook.remove()
     assert len(batches) == 12 and all(b[0] == 1 for b in batches)
-    assert sorted({b[2:] for b in batches}) == sorted({inference._rescale_size(30, 40, (64 * r, 48 * r))
+    assert sorted({b[2:] for b in batches}) == sorted({rescale_size(30, 40, (64 * r, 48 * r))
                                                         for r in ADE20K_PROTOCOL.aug_ratios})
 
 
 def test_the_protocol_is_read_from_eval_protocol(model):
-    """Scale, ratios, flip, mean and std come from the EvalProtocol given; the old names are its aliases."""
-    assert (inference.TEST_SCALE, inference.AUG_RATIOS, inference.SLIDE_CROP, inference.SLIDE_STRIDE) == (
-        ADE20K_PROTOCOL.scale, ADE20K_PROTOCOL.aug_ratios, ADE20K_PROTOCOL.slide_crop, ADE20K_PROTOCOL.slide_stride)
+    """Scale, ratios, flip, mean and std come from the EvalProtocol given (no module-level copies of them)."""
+    assert not any(hasattr(inference, name) for name in ("TEST_SCALE", "AUG_RATIOS", "SLIDE_CROP", "SLIDE_STRIDE"))
     custom = EvalProtocol(scale=(80, 40), aug_ratios=(1.0, 0.5), aug_flip=False, mean=(10.0, 20.0, 30.0),
                           std=(2.0, 4.0, 8.0))
     inputs = []
@@ -259,7 +259,7 @@ def test_a_model_the_twins_refuse_runs_plain(model, monkeypatch, error):
         raise error("cannot convert: the reason")
 
     monkeypatch.setattr(optimize, "optimize_for_cpu", refuse)
-    monkeypatch.setattr(inference, "_WARNED", set())
+    monkeypatch.setattr(optimize, "_REFUSALS_SEEN", set())
     image = _rgb(20, 30)
     expected = segment(model, image, scale=(32, 32), fast=False)
     with warnings.catch_warnings(record=True) as caught:
