@@ -12,6 +12,7 @@ import os
 import re
 import time
 import urllib.error
+import warnings
 from pathlib import Path
 
 import pytest
@@ -205,6 +206,19 @@ def test_features_only_loads_the_mmseg_backbone_norms(golden_features, golden):
     # heads are not part of the backbone, and nothing was left at its initial value
     assert not any(k.startswith(("head", "decode", "auxiliary")) for k in sd)
     assert set(sd) == {from_official(k) for k in backbone}
+
+
+def test_a_checkpoint_without_a_classifier_says_the_head_is_random(golden):
+    """The authors' segmentation backbone has no classifier: loaded into a classification model, the head and
+    final norm keep random weights, and the load says so; a features_only model drops the head, so no word."""
+    overlay = dict(pretrained_cfg_overlay=dict(file=str(golden["upernet_ckpt"])), **MINI)
+    said = r"no classifier: the model's head.fc \(1000 classes\) and final norm keep RANDOM"
+    with pytest.warns(UserWarning, match=said):
+        timm.create_model("iwin_tiny", pretrained=True, **overlay)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        timm.create_model("iwin_tiny", pretrained=True, num_classes=0, **overlay)
+        timm.create_model("iwin_tiny", pretrained=True, features_only=True, **overlay)
 
 
 def test_features_only_feature_info(golden_features):

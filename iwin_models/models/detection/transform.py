@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 
-__all__ = ["ScaledImageList", "MMDetTestTransform", "MMDetTrainTransform", "rescale_size", "paste_masks"]
+from ...data.transforms import rescale_size  # mmcv's keep-ratio rescale (imrescale's sizes)
+
+__all__ = ["ScaledImageList", "MMDetTestTransform", "MMDetTrainTransform", "paste_masks"]
 
 
 class ScaledImageList(ImageList):
@@ -29,12 +31,6 @@ class ScaledImageList(ImageList):
     def to(self, device: torch.device) -> ScaledImageList:
         return ScaledImageList(self.tensors.to(device), self.image_sizes, [f.to(device) for f in self.scale_factors],
                                self.original_image_sizes, self.pad_sizes)
-
-
-def rescale_size(height: int, width: int, scale: Sequence[int] = (1333, 800)) -> tuple[int, int]:
-    """mmcv's keep-ratio ``rescale_size`` (``mmcv/image/geometric.py:184-245``): ``(new_h, new_w)``."""
-    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
 class MMDetTestTransform(nn.Module):
