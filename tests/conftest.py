@@ -56,3 +56,13 @@ def _isolated_torch_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: many small ops run faster than with several on a shared CPU, and float32
+    reductions do not depend on what else shares the thread pool."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -226,15 +226,6 @@ def _toy_batch():
     return images, [dict(boxes=b, labels=lab, masks=m) for b, lab, m in zip(boxes, labels, masks)]
 
 
-@pytest.fixture
-def one_thread():
-    """The CPU is shared: one intra-op thread (many small ops run faster than with several)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_cascade_stage_weights_are_applied(one_thread):
     model = build_detector("tiny", cascade=True, **MINI)

@@ -98,15 +98,6 @@ def test_augment_moves_boxes_and_masks_together(crop):
                 assert torch.allclose(extent, box, atol=1.01), (extent, box)
 
 
-@pytest.fixture
-def one_thread():
-    """The CPU is shared: one intra-op thread (many small ops run faster than with several)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("cascade", [False, True])
 def test_a_few_steps_lower_the_loss(tmp_path, cascade, one_thread):

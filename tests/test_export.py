@@ -374,7 +374,7 @@ def test_export_forms_are_set_on_a_copy_sharing_the_weights(mini, image):
         torch.testing.assert_close(exported(image), mini(image), atol=1e-5, rtol=1e-5)
 
 
-def test_a_thread_exporting_leaves_another_threads_forwards_bitwise_unchanged(mini):
+def test_a_thread_exporting_leaves_another_threads_forwards_bitwise_unchanged(mini, one_thread):
     """No global is read in a forward: a dynamic export in one thread (its forms, its size-oblivious tracing) does
     not change what forwards compute in another thread at the same time (the export forms differ from the plain
     ones by ~3e-6, which a flag read in a forward would let through). Two things of torch's own are held fixed, so
@@ -384,28 +384,23 @@ def test_a_thread_exporting_leaves_another_threads_forwards_bitwise_unchanged(mi
     native kernels for that time)."""
     import threading
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.backends.mkldnn.flags(enabled=False):
-            x = _input(1, 75, 101)
-            with torch.no_grad():
-                expected = mini(x)
-            errors, outputs = [], []
+    with torch.backends.mkldnn.flags(enabled=False):
+        x = _input(1, 75, 101)
+        with torch.no_grad():
+            expected = mini(x)
+        errors, outputs = [], []
 
-            def export_once():
-                try:
-                    export_program(mini, 97, 131, dynamic=True)
-                except Exception as e:  # surfaced below
-                    errors.append(e)
+        def export_once():
+            try:
+                export_program(mini, 97, 131, dynamic=True)
+            except Exception as e:  # surfaced below
+                errors.append(e)
 
-            exporter = threading.Thread(target=export_once)
-            exporter.start()
-            with torch.no_grad():
-                while exporter.is_alive() or not outputs:  # forwards for the whole time of the export
-                    outputs.append(mini(x))
-            exporter.join()
-    finally:
-        torch.set_num_threads(threads)
+        exporter = threading.Thread(target=export_once)
+        exporter.start()
+        with torch.no_grad():
+            while exporter.is_alive() or not outputs:  # forwards for the whole time of the export
+                outputs.append(mini(x))
+        exporter.join()
     assert not errors, errors
     assert len(outputs) > 1 and all(torch.equal(out, expected) for out in outputs)
