@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -196,36 +196,54 @@ def segment_files(model, files: Sequence[Path], out: Path, args, progress: bool 
     return failed
 
 
-def run(args) -> int:
+def output_folder(out: str | Path) -> Path:
+    """``--out`` as a folder path; made with the first result, so a run that fails to start leaves no empty
+    folder."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a folder")
+    return out
+
+
+def predict_files(args, files: Sequence[Path], load: Callable, work: Callable, done: Callable[[Path], bool],
+                  what: str) -> tuple[list, int]:
+    """What every process of a predict command runs (one process, or each of torchrun's): start the process
+    group, ``load(device)`` the model, take this process's share of ``files`` (less those ``done`` with
+    ``--skip-existing``), ``work(model, mine, progress)`` -> the failed ``(file, reason)``; a failure in one
+    process ends them all (``what`` names it); returns the failures of every process and this process's rank."""
     import torch.distributed as dist
 
-    from ...data import SAMPLE_IMAGE
     from ...engine.distributed import gather, init_distributed, raise_if_any_failed, world
+
+    device, started = init_distributed(args.device)
+    try:
+        rank, world_size = world()
+        model = load(device)
+        mine = [f for f in files[rank::world_size] if not (args.skip_existing and done(f))]
+        error, failed = None, []
+        try:
+            failed = work(model, mine, not args.no_progress and rank == 0)
+        except Exception as e:  # the other processes must not wait for this one at the gather
+            error = e
+        raise_if_any_failed(error, what)
+        return [f for part in gather(failed) for f in part], rank
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def run(args) -> int:
+    from ...data import SAMPLE_IMAGE
 
     _check(args)
     files = unique_images(expand_images(args.images)) if args.images else [SAMPLE_IMAGE]
     targets = output_names(files)  # every process the same, before any work
-    out = Path(args.out)  # made with the first result: a run that fails to start leaves no empty folder
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file, not a folder")
-    device, started = init_distributed(args.device)
-    try:
-        rank, world_size = world()
-        model = fast_model(resolve_model(args.model, args.weights, device=device), args.fast)
-        mine = files[rank::world_size]
-        if args.skip_existing:
-            mine = [f for f in mine if not all(p.is_file() for p in outputs(out, targets[f]))]
-        error = None
-        try:
-            failed = segment_files(model, mine, out, args, progress=not args.no_progress and rank == 0,
-                                   report_each=len(files) > 1, targets=targets)  # one file: its one line at the end
-        except Exception as e:  # the other processes must not wait for this one at the gather
-            error, failed = e, []
-        raise_if_any_failed(error, "iwin-seg predict")
-        failed = [f for part in gather(failed) for f in part]
-    finally:
-        if started:
-            dist.destroy_process_group()
+    out = output_folder(args.out)
+    failed, rank = predict_files(
+        args, files, load=lambda device: fast_model(resolve_model(args.model, args.weights, device=device), args.fast),
+        work=lambda model, mine, progress: segment_files(model, mine, out, args, progress=progress,
+                                                         report_each=len(files) > 1, targets=targets),
+        done=lambda f: all(p.is_file() for p in outputs(out, targets[f])), what="iwin-seg predict")
     if not failed:
         return 0
     if rank == 0:

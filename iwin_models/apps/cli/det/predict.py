@@ -18,7 +18,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..common import add_batch_options, add_detector_arguments, fast_model, resolve_detector
-from ..predict import decoded, expand_images, output_names, save_atomic, unique_images
+from ..predict import (
+    decoded,
+    expand_images,
+    output_folder,
+    output_names,
+    predict_files,
+    save_atomic,
+    unique_images,
+)
 
 ENDINGS = ("_overlay.png", ".json")
 
@@ -79,38 +87,20 @@ def _check(args) -> Path:
         raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
     if args.prefetch < 0:
         raise ValueError(f"--prefetch must be 0 or more, got {args.prefetch}")
-    out = Path(args.out)  # made with the first result: a run that fails to start leaves no empty folder
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file, not a folder")
-    return out
+    return output_folder(args.out)
 
 
 def run(args) -> int:
-    import torch.distributed as dist
-
     from ....data import SAMPLE_IMAGE
-    from ....engine.distributed import gather, init_distributed, raise_if_any_failed, world
 
     out = _check(args)
     files = unique_images(expand_images(args.images)) if args.images else [SAMPLE_IMAGE]
     targets = output_names(files, ENDINGS)  # every process the same, before any work
-    device, started = init_distributed(args.device)
-    try:
-        rank, world_size = world()
-        model = fast_model(resolve_detector(args.model, args.weights, device=device), args.fast)
-        mine = files[rank::world_size]
-        if args.skip_existing:
-            mine = [f for f in mine if not all(p.is_file() for p in outputs(out, targets[f]))]
-        error, failed = None, []
-        try:
-            failed = detect_files(model, mine, out, targets, args, progress=not args.no_progress and rank == 0)
-        except Exception as e:  # the other processes must not wait for this one at the gather
-            error = e
-        raise_if_any_failed(error, "iwin-det predict")
-        failed = [f for part in gather(failed) for f in part]
-    finally:
-        if started:
-            dist.destroy_process_group()
+    failed, rank = predict_files(
+        args, files,
+        load=lambda device: fast_model(resolve_detector(args.model, args.weights, device=device), args.fast),
+        work=lambda model, mine, progress: detect_files(model, mine, out, targets, args, progress=progress),
+        done=lambda f: all(p.is_file() for p in outputs(out, targets[f])), what="iwin-det predict")
     if failed and rank == 0:
         print(f"iwin-det predict: error: {len(failed)} of {len(files)} images could not be read: "
               f"{', '.join(f for f, _ in failed)}", file=sys.stderr)
