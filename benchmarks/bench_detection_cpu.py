@@ -85,7 +85,6 @@ def one_run(model, image: torch.Tensor) -> tuple[float, dict, int]:
         begin = time.perf_counter()
         out = model([image])
         total = time.perf_counter() - begin
-    # torchvision's transform also runs the postprocess: it is inside its 'transform' time once
     return total, seconds, len(out[0]["scores"])
 
 
