@@ -16,7 +16,7 @@ from .engine.detection_eval import evaluate_detector
 from .engine.evaluation import evaluate
 from .engine.inference import predict, segment
 from .fast import optimize_for_cpu, restore_plain
-from .interop.export import dynamic_tracing, export_forms, export_onnx, export_program
+from .interop.export import dynamic_tracing, export_detector_backbone, export_forms, export_onnx, export_program
 from .io.checkpoint import CheckpointError
 from .models import (
     DETECTORS,
@@ -46,7 +46,8 @@ from .version import __version__
 __all__ = [
     "IwinTransformer", "IwinUPerNet", "create_segmenter", "load_segmenter", "iwin_tiny_upernet_ade20k",
     "iwin_small_upernet_ade20k", "iwin_base_upernet_ade20k", "segment", "predict", "evaluate", "optimize_for_cpu",
-    "restore_plain", "export_onnx", "export_program", "export_forms", "dynamic_tracing", "CheckpointError",
+    "restore_plain", "export_onnx", "export_program", "export_forms", "export_detector_backbone", "dynamic_tracing",
+    "CheckpointError",
     "SAMPLE_IMAGE", "ADE20K_CLASSES", "ADE20K_PALETTE", "ADE20K_MEAN", "ADE20K_STD", "SEGMENTERS", "__version__",
     "DETECTORS", "IwinMaskRCNN", "IwinCascadeMaskRCNN", "create_detector", "detect", "Detections", "evaluate_detector",
     "iwin_tiny_mask_rcnn_coco_1x", "iwin_tiny_mask_rcnn_coco_3x", "iwin_small_mask_rcnn_coco_1x",
